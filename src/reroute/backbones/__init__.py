@@ -1,0 +1,27 @@
+"""Backbone adapters, one per model family; `backbone_for(model)` picks the right one."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from reroute.backbones.base import Backbone, Positions
+from reroute.backbones.llava import LlavaBackbone
+from reroute.backbones.qwen2_vl import Qwen2VLBackbone
+
+BACKBONES: tuple[type[Backbone], ...] = (LlavaBackbone, Qwen2VLBackbone)
+
+
+def supported_model_classes() -> list[str]:
+    return [name for backbone in BACKBONES for name in backbone.model_classes]
+
+
+def backbone_for(model: nn.Module) -> Backbone:
+    for backbone in BACKBONES:
+        if backbone.handles(model):
+            return backbone()
+    raise TypeError(
+        f"reroute does not support {type(model).__name__}; load one of {', '.join(supported_model_classes())}"
+    )
+
+
+__all__ = ["Backbone", "Positions", "backbone_for", "supported_model_classes", "BACKBONES"]

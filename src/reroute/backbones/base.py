@@ -1,0 +1,88 @@
+"""The backbone adapter contract: what the engine needs to know about a model family.
+
+The engine owns the decoder's layer loop and calls the model's own decoder layers, rotary
+embedding and final norm. An adapter only says where those are, which prompt positions are
+visual, and how the family turns ``position_ids`` into rotary positions. See
+docs/adding-a-backbone.md.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+RotaryFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Positions of the tokens of one forward call.
+
+    rope: what the model's rotary embedding takes (``(B, L)`` for Llama, ``(3, B, L)`` for M-RoPE).
+    text: the 1-D text positions the stock mask builder takes (``None`` where the stock model passes none).
+    """
+
+    rope: torch.Tensor
+    text: torch.Tensor | None
+
+
+class Backbone:
+    """Base adapter. Subclasses set ``model_classes`` and override what differs.
+
+    The defaults fit decoders laid out like ``LlamaModel``: ``layers``, ``norm``, ``rotary_emb``;
+    each layer has ``input_layernorm`` and ``self_attn`` with ``q_proj``/``k_proj`` (and
+    ``q_norm``/``k_norm`` where the family has QK-norm).
+    """
+
+    #: class names of the conditional-generation models this adapter handles
+    model_classes: tuple[str, ...] = ()
+    #: the family's ``apply_rotary_pos_emb(q, k, cos, sin)`` (cos/sin of shape (B, L, head_dim))
+    apply_rotary: RotaryFn
+
+    @classmethod
+    def handles(cls, model: nn.Module) -> bool:
+        return type(model).__name__ in cls.model_classes
+
+    # --- where things are -------------------------------------------------------------
+    def text_model(self, model: nn.Module) -> nn.Module:
+        """The decoder stack (embeddings, layers, norm, rotary) inside the VLM."""
+        return model.model.language_model
+
+    def layers(self, text_model: nn.Module) -> nn.ModuleList:
+        return text_model.layers
+
+    def final_norm(self, text_model: nn.Module) -> nn.Module:
+        return text_model.norm
+
+    def rotary(self, text_model: nn.Module) -> nn.Module:
+        return text_model.rotary_emb
+
+    # --- what the prompt holds ----------------------------------------------------------
+    def visual_token_ids(self, config) -> tuple[int, ...]:
+        """Token ids whose positions hold visual features after the merge."""
+        raise NotImplementedError
+
+    def visual_mask(self, config, input_ids: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` bool: positions holding image or video features (the candidate pool)."""
+        mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        for token_id in self.visual_token_ids(config):
+            mask |= input_ids == token_id
+        return mask
+
+    # --- positions ------------------------------------------------------------------------
+    def positions(self, position_ids: torch.Tensor | None, inputs_embeds: torch.Tensor, past_length: int) -> Positions:
+        """Rotary and text positions exactly as the stock decoder forward derives them."""
+        if position_ids is None:
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_length
+            position_ids = position_ids.unsqueeze(0)
+        return Positions(rope=position_ids, text=position_ids)
+
+
+def layer_cache_keyword(layer: nn.Module) -> str:
+    """transformers renamed the decoder layers' ``past_key_values`` to ``cache`` (5.24); pass what it takes."""
+    params = inspect.signature(layer.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"

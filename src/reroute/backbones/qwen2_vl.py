@@ -1,0 +1,32 @@
+"""Qwen2.5-VL and Qwen2-VL: dynamic-resolution vision tower, Qwen2 decoder with 3-D M-RoPE."""
+
+from __future__ import annotations
+
+import torch
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+
+from reroute.backbones.base import Backbone, Positions
+
+
+class Qwen2VLBackbone(Backbone):
+    model_classes = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
+    # Since transformers 5.23 the M-RoPE sections are merged inside the rotary module, so
+    # cos/sin are (B, L, head_dim) and the plain rotation applies.
+    apply_rotary = staticmethod(apply_rotary_pos_emb)
+
+    def visual_token_ids(self, config) -> tuple[int, ...]:
+        # images and video frames form one candidate pool (SPEC §1)
+        return (config.image_token_id, config.video_token_id)
+
+    def positions(self, position_ids: torch.Tensor | None, inputs_embeds: torch.Tensor, past_length: int) -> Positions:
+        # Mirrors Qwen2_5_VLTextModel.forward: (temporal, height, width) rows, with an
+        # optional leading row of text positions used only for the mask.
+        batch, length = inputs_embeds.shape[:2]
+        if position_ids is None:
+            position_ids = torch.arange(length, device=inputs_embeds.device) + past_length
+            position_ids = position_ids.view(1, 1, -1).expand(3, batch, -1)
+        elif position_ids.ndim == 2:
+            position_ids = position_ids[None, ...].expand(3, position_ids.shape[0], -1)
+        if position_ids.ndim == 3 and position_ids.shape[0] == 4:
+            return Positions(rope=position_ids[1:], text=position_ids[0])
+        return Positions(rope=position_ids, text=None)

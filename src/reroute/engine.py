@@ -1,0 +1,258 @@
+"""The routed decoder loop: decisions, active sets, compact/scatter and per-layer caches.
+
+The engine runs the model's own decoder layers on compact hidden states (the active tokens
+of the stage, in original order) with the rotary tables gathered at the tokens' original
+positions and a mask built for the compact sequence. It never patches attention, so every
+attention implementation the layer supports keeps working, and the KV cache of layer i ends
+up holding exactly that layer's active tokens.
+
+One forward pass = one call of `prefill` (or `decode`); everything it learns lives in local
+variables and in the `DecodeState` it returns, which the caller keys by the cache object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_causal_mask
+
+from reroute.backbones.base import Backbone, Positions, layer_cache_keyword
+from reroute.config import RoutingConfig
+from reroute.layout import Layout, with_trash_row
+from reroute.masks import decode_mask, prefill_mask, to_implementation
+from reroute.scoring import last_token_attention, select_top_k
+from reroute.trace import SampleTrace, Trace
+
+
+@dataclass(frozen=True)
+class DecodeState:
+    """What decode steps need from a routed prefill (one per cache, so per generate call).
+
+    prompt_length: positions of the prompt (layer 0's cache length after prefill).
+    layer_stage: per layer, an index into ``prompt_keys``; -1 for layers whose cache holds
+        the whole prompt (the stock mask applies there).
+    prompt_keys: per compact stage, ``(B, n)`` bool: which entries of that stage's caches
+        are real keys (not padding, not slack).
+    """
+
+    prompt_length: int
+    layer_stage: tuple[int, ...]
+    prompt_keys: tuple[torch.Tensor, ...]
+
+
+class RoutedDecoder:
+    """Runs one VLM's decoder stack under a `RoutingConfig`."""
+
+    def __init__(self, backbone: Backbone, text_model: nn.Module, config: RoutingConfig) -> None:
+        self.backbone = backbone
+        self.text_model = text_model
+        self.config = config
+        self.text_config = text_model.config
+        self.layers = backbone.layers(text_model)
+        self.norm = backbone.final_norm(text_model)
+        self.rotary = backbone.rotary(text_model)
+        self.cache_keyword = layer_cache_keyword(self.layers[0])
+
+    # ------------------------------------------------------------------ helpers
+    def _run_layer(self, layer, hidden, mask, position_embeddings, position_ids, cache, use_cache, kwargs):
+        return layer(
+            hidden,
+            attention_mask=mask,
+            position_embeddings=position_embeddings,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            **{self.cache_keyword: cache},
+            **kwargs,
+        )
+
+    def _stock_mask(self, hidden, attention_mask, cache, positions: Positions):
+        return create_causal_mask(
+            config=self.text_config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=positions.text,
+        )
+
+    def _compact_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return to_implementation(mask, self.text_config._attn_implementation, dtype)
+
+    # ------------------------------------------------------------------ prefill
+    def prefill(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        positions: Positions,
+        cache,
+        use_cache: bool,
+        visual: torch.Tensor,
+        kwargs: dict,
+    ) -> tuple[torch.Tensor, DecodeState, Trace]:
+        """Routed prefill of ``hidden`` (``(B, L, D)`` merged embeddings); returns the normed last hidden state."""
+        config = self.config
+        batch, length, _ = hidden.shape
+        device = hidden.device
+        pad_valid = (
+            attention_mask.bool() if attention_mask is not None else torch.ones(batch, length, dtype=torch.bool, device=device)
+        )
+        visual = visual & pad_valid
+        num_visual = visual.sum(dim=1).tolist()
+        keep = [
+            torch.tensor([config.keep_counts(n)[s] if n else 0 for n in num_visual], device=device)
+            for s in range(config.num_decisions)
+        ]
+        positions_arange = torch.arange(length, device=device)
+        query_position = (pad_valid * positions_arange).argmax(dim=1)  # last non-padding token
+
+        cos, sin = self.rotary(hidden, positions.rope)
+        cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)  # positions may be shared (1, L)
+        cos_buf, sin_buf = with_trash_row(cos), with_trash_row(sin)
+        pad_buf = with_trash_row(pad_valid)
+        visual_buf = with_trash_row(visual)
+        stock_mask = self._stock_mask(hidden, attention_mask, cache, positions)
+
+        decisions = {d: s for s, d in enumerate(config.decision_layers)}
+        per_layer = config.action == "reroute" and config.execution == "per_layer"
+        layout: Layout | None = None  # None: the whole prompt is active
+        buffer: torch.Tensor | None = None  # full-length states (+ trash row) while a stage is compact
+        mask, position_embeddings, position_ids = stock_mask, (cos, sin), positions.text
+        stage_active: list[torch.Tensor] = []  # per decision, (B, L) active positions
+        selections: list[torch.Tensor] = []  # per decision, (B, L) selected visual positions
+        layer_stage: list[int] = []
+        prompt_keys: list[torch.Tensor] = []
+        h = hidden
+
+        for i, layer in enumerate(self.layers):
+            if i in decisions:
+                s = decisions[i]
+                # Bring the full-length states up to date: deferred/removed rows keep their last state.
+                if layout is None:
+                    buffer = with_trash_row(h)
+                elif not per_layer:
+                    layout.scatter_(buffer, h)
+                active_now = layout.active() if layout is not None else torch.ones_like(pad_valid)
+                chosen = self._decide(layer, s, h, layout, buffer, cos_buf, sin_buf, pad_buf, visual_buf, keep[s], query_position)
+                selections.append(chosen)
+                if config.action == "reroute":
+                    active = ~visual | chosen  # every visual token competed; text and padding always run
+                else:
+                    active = active_now & (~visual | chosen)  # only survivors competed
+                stage_active.append(active)
+                layout = Layout.from_active(active)
+                if layout.is_full:
+                    layout, h = None, buffer[:, :length]
+                    mask, position_embeddings, position_ids = stock_mask, (cos, sin), positions.text
+                    prompt_keys_s = None
+                else:
+                    h = layout.gather(buffer)
+                    key_valid = layout.valid & layout.gather(pad_buf)
+                    mask = self._compact_mask(prefill_mask(key_valid), hidden.dtype)
+                    position_embeddings = (layout.gather(cos_buf), layout.gather(sin_buf))
+                    position_ids = None
+                    prompt_keys_s = key_valid
+                if prompt_keys_s is not None:
+                    prompt_keys.append(prompt_keys_s)
+            elif per_layer and layout is not None:
+                h = layout.gather(buffer)
+
+            layer_stage.append(-1 if layout is None else len(prompt_keys) - 1)
+            h = self._run_layer(layer, h, mask, position_embeddings, position_ids, cache, use_cache, kwargs)
+            if per_layer and layout is not None:
+                layout.scatter_(buffer, h)
+
+        if layout is not None:
+            if not per_layer:
+                layout.scatter_(buffer, h)
+            h = buffer[:, :length]
+        h = self.norm(h)
+
+        trace = self._trace(num_visual, visual, pad_valid, stage_active, selections, layer_stage, prompt_keys, length)
+        state = DecodeState(prompt_length=length, layer_stage=tuple(layer_stage), prompt_keys=tuple(prompt_keys))
+        return h, state, trace
+
+    def _decide(self, layer, stage, h, layout, buffer, cos_buf, sin_buf, pad_buf, visual_buf, keep, query_position):
+        """``(B, L)`` bool: the visual tokens selected at this decision (SPEC §2, §3)."""
+        length = buffer.shape[1] - 1
+        if self.config.action == "reroute" or layout is None:
+            # Candidates: every visual token, scored from the state it has now.
+            view = torch.arange(length, device=h.device).expand(h.shape[0], -1)
+            hidden_v = buffer[:, :length]
+            cos_v, sin_v = cos_buf[:, :length], sin_buf[:, :length]
+            key_valid = pad_buf[:, :length]
+            candidates = visual_buf[:, :length]
+        else:
+            # remove: only the survivors are keys and candidates.
+            view = layout.index
+            hidden_v = h
+            cos_v, sin_v = layout.gather(cos_buf), layout.gather(sin_buf)
+            key_valid = layout.valid & layout.gather(pad_buf)
+            candidates = layout.valid & layout.gather(visual_buf)
+        query_index = (view == query_position[:, None]).int().argmax(dim=1)
+        scores = last_token_attention(layer, hidden_v, cos_v, sin_v, key_valid, query_index, self.backbone.apply_rotary)
+        chosen_view = select_top_k(scores, candidates, keep)
+        chosen = torch.zeros(h.shape[0], length + 1, dtype=torch.bool, device=h.device)
+        chosen.scatter_(1, view, chosen_view)
+        return chosen[:, :length]
+
+    def _trace(self, num_visual, visual, pad_valid, stage_active, selections, layer_stage, prompt_keys, length) -> Trace:
+        config = self.config
+        decisions = config.decision_layers
+        stage_visual = [(a & visual).sum(dim=1).tolist() for a in stage_active]
+        stage_tokens = [a.sum(dim=1).tolist() for a in stage_active]
+        selected = [[tuple(torch.nonzero(sel[b]).flatten().tolist()) for sel in selections] for b in range(len(num_visual))]
+        samples = []
+        for b, n_vis in enumerate(num_visual):
+            visual_per_layer, tokens_per_layer = [], []
+            for i in range(len(self.layers)):
+                s = config.stage_of_layer(i)
+                visual_per_layer.append(n_vis if s < 0 else stage_visual[s][b])
+                tokens_per_layer.append(length if s < 0 else stage_tokens[s][b])
+            samples.append(
+                SampleTrace(
+                    routed=n_vis > 0,
+                    num_visual=n_vis,
+                    visual_per_layer=tuple(visual_per_layer),
+                    tokens_per_layer=tuple(tokens_per_layer),
+                    selected=tuple(selected[b]),
+                )
+            )
+        cache_lengths = tuple(length if st < 0 else prompt_keys[st].shape[1] for st in layer_stage)
+        return Trace(action=config.action, decision_layers=decisions, samples=tuple(samples), cache_lengths=cache_lengths)
+
+    # ------------------------------------------------------------------ decode
+    def decode(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        positions: Positions,
+        cache,
+        use_cache: bool,
+        state: DecodeState,
+        kwargs: dict,
+    ) -> torch.Tensor:
+        """Decode step(s) over per-layer caches of different lengths; returns the normed last hidden state."""
+        batch, num_new, _ = hidden.shape
+        past = cache.get_seq_length()  # layer 0 is never compacted: prompt + decoded so far
+        decoded = past + num_new - state.prompt_length
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, past + num_new, dtype=torch.long, device=hidden.device)
+        if attention_mask.shape[1] != past + num_new:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[1]} positions but the routed cache plus the new tokens "
+                f"cover {past + num_new}; pass the full-length attention mask, as generate() does"
+            )
+        decoded_valid = attention_mask[:, state.prompt_length :].bool()
+        position_embeddings = self.rotary(hidden, positions.rope)
+        stock_mask = self._stock_mask(hidden, attention_mask, cache, positions)
+        stage_masks = [
+            self._compact_mask(decode_mask(keys, decoded_valid, num_new), hidden.dtype) for keys in state.prompt_keys
+        ]
+        assert decoded_valid.shape[1] == decoded
+        h = hidden
+        for i, layer in enumerate(self.layers):
+            stage = state.layer_stage[i]
+            mask = stock_mask if stage < 0 else stage_masks[stage]
+            h = self._run_layer(layer, h, mask, position_embeddings, positions.text, cache, use_cache, kwargs)
+        return self.norm(h)

@@ -1,0 +1,69 @@
+"""Compact layouts: which full-length positions a compact hidden-state tensor holds.
+
+Samples of a batch keep different numbers of tokens, so a compact tensor is as long as the
+longest active set and the rest of each row is *slack*. Slack rows point at a trash row
+appended after the last position of the full-length buffer, so scattering a compact tensor
+back never touches a real token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Positions held by a compact sequence.
+
+    index: ``(B, n)`` long, original positions in ``[0, L]`` (``L`` is the trash row), increasing.
+    valid: ``(B, n)`` bool, False on slack.
+    length: ``L``, the full prompt length.
+    """
+
+    index: torch.Tensor
+    valid: torch.Tensor
+    length: int
+
+    @classmethod
+    def from_active(cls, active: torch.Tensor) -> Layout:
+        """Layout of the positions marked True in ``active`` (``(B, L)`` bool), in original order."""
+        batch, length = active.shape
+        counts = active.sum(dim=1)
+        width = int(counts.max()) if batch else 0
+        # A stable sort of "inactive" puts each row's active positions first, in original order.
+        index = torch.sort((~active).to(torch.int8), dim=1, stable=True).indices[:, :width]
+        valid = torch.arange(width, device=active.device)[None, :] < counts[:, None]
+        return cls(index=index.masked_fill(~valid, length), valid=valid, length=length)
+
+    @property
+    def width(self) -> int:
+        return self.index.shape[1]
+
+    @property
+    def is_full(self) -> bool:
+        """True when the compact sequence is the whole prompt for every sample (nothing to gather)."""
+        return self.width == self.length and bool(self.valid.all())
+
+    def active(self) -> torch.Tensor:
+        """``(B, L)`` bool mask of the positions this layout holds."""
+        mask = torch.zeros(self.index.shape[0], self.length + 1, dtype=torch.bool, device=self.index.device)
+        mask.scatter_(1, self.index, self.valid)
+        return mask[:, : self.length]
+
+    def gather(self, full: torch.Tensor) -> torch.Tensor:
+        """Rows of ``full`` (``(B, L + 1, ...)``, trash row last) at this layout's positions."""
+        rows = torch.arange(full.shape[0], device=full.device)[:, None]
+        return full[rows, self.index]
+
+    def scatter_(self, full: torch.Tensor, compact: torch.Tensor) -> None:
+        """Write ``compact`` back into ``full`` (in place); slack lands on the trash row."""
+        rows = torch.arange(full.shape[0], device=full.device)[:, None]
+        full[rows, self.index] = compact
+
+
+def with_trash_row(tensor: torch.Tensor) -> torch.Tensor:
+    """``(B, L, ...)`` -> ``(B, L + 1, ...)`` with a zero row for slack to point at."""
+    pad = tensor.new_zeros((tensor.shape[0], 1, *tensor.shape[2:]))
+    return torch.cat([tensor, pad], dim=1)

@@ -1,0 +1,74 @@
+"""The scoring rule of FastV, PDrop and Reroute (SPEC §2), from one query row per sample.
+
+The reference implementations materialise the full L x L attention map of the decision
+layer; here only the last prompt token's query is projected, so memory stays O(L).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from reroute.backbones.base import RotaryFn
+
+
+def last_token_attention(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    key_valid: torch.Tensor,
+    query_index: torch.Tensor,
+    apply_rotary: RotaryFn,
+) -> torch.Tensor:
+    """Head-mean attention of each sample's query row over its keys, in float32.
+
+    Args:
+        layer: the decision layer (its input norm and q/k projections are used, as the
+            layer itself would use them).
+        hidden: ``(B, n, D)`` hidden states entering the layer, for every key token.
+        cos, sin: ``(B, n, head_dim)`` rotary tables at the tokens' original positions.
+        key_valid: ``(B, n)`` bool, which tokens are keys (padding and slack are not).
+        query_index: ``(B,)`` index (into ``n``) of each sample's query token.
+
+    Returns:
+        ``(B, n)`` float32 attention probabilities (0 on invalid keys), averaged over heads.
+    """
+    attn = layer.self_attn
+    batch, n, _ = hidden.shape
+    head_dim = attn.head_dim
+    rows = torch.arange(batch, device=hidden.device)
+
+    x = layer.input_layernorm(hidden)
+    q = attn.q_proj(x[rows, query_index]).view(batch, 1, -1, head_dim)  # (B, 1, H, hd)
+    k = attn.k_proj(x).view(batch, n, -1, head_dim)  # (B, n, KV, hd)
+    if hasattr(attn, "q_norm"):  # QK-norm families (Qwen3-style)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, 1, hd), (B, KV, n, hd)
+    q_cos, q_sin = cos[rows, query_index].unsqueeze(1), sin[rows, query_index].unsqueeze(1)
+    q = apply_rotary(q, q, q_cos, q_sin)[0]
+    k = apply_rotary(k, k, cos, sin)[0]
+
+    q = q.float().squeeze(2)  # (B, H, hd)
+    k = k.float().repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: repeat key heads
+    logits = torch.einsum("bhd,bhnd->bhn", q, k) * attn.scaling
+    logits = logits.masked_fill(~key_valid[:, None, :], float("-inf"))
+    return logits.softmax(dim=-1).mean(dim=1)
+
+
+def select_top_k(scores: torch.Tensor, candidates: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Per sample, the ``keep[b]`` highest-scoring candidates; ties go to the lower index.
+
+    Args:
+        scores: ``(B, n)`` float scores.
+        candidates: ``(B, n)`` bool, which tokens may be selected.
+        keep: ``(B,)`` long, how many to select (at most the candidates of that sample).
+
+    Returns:
+        ``(B, n)`` bool mask of the selected tokens.
+    """
+    masked = scores.masked_fill(~candidates, float("-inf"))
+    # A stable descending sort keeps equal scores in index order: ties break toward the lower position.
+    order = torch.sort(masked, dim=1, descending=True, stable=True).indices
+    rank = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
+    return torch.zeros_like(candidates).scatter(1, order, rank < keep[:, None])

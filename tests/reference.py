@@ -1,0 +1,101 @@
+"""A slow, obviously-correct reference of SPEC §2-§3, independent of the engine.
+
+One sample at a time, no padding, full-length sequence at every layer. A layer's inactive
+tokens are hidden by the mask (they are neither queries that matter nor keys) and their
+states are copied through unchanged (the residual bypass). Scoring builds the full L x L
+attention of the decision layer from the raw projection weights; selection sorts in Python.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from reroute import RoutingConfig
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def full_attention_map(layer, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """(L, L) head-mean causal attention of one sample, float32, from the layer's raw weights."""
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden[None])[0].float()
+    hd = attn.head_dim
+    q = (x @ attn.q_proj.weight.float().T + (attn.q_proj.bias.float() if attn.q_proj.bias is not None else 0))
+    k = (x @ attn.k_proj.weight.float().T + (attn.k_proj.bias.float() if attn.k_proj.bias is not None else 0))
+    q = q.view(len(x), -1, hd).transpose(0, 1)  # (H, L, hd)
+    k = k.view(len(x), -1, hd).transpose(0, 1)  # (KV, L, hd)
+    cos, sin = cos.float(), sin.float()
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)
+    logits = q @ k.transpose(1, 2) * hd**-0.5
+    causal = torch.ones(len(x), len(x), dtype=torch.bool).tril()
+    return logits.masked_fill(~causal, float("-inf")), causal
+
+
+def reference_scores(layer, hidden, cos, sin, keys: list[int]) -> dict[int, float]:
+    """Score of every key token: the last key's attention row, softmax over ``keys`` only."""
+    logits, _ = full_attention_map(layer, hidden, cos, sin)
+    row = logits[:, keys[-1], keys]
+    probs = row.softmax(dim=-1)  # (H, len(keys))
+    probs = probs.mean(dim=0)
+    return {j: float(p) for j, p in zip(keys, probs)}
+
+
+def _mask(active: list[int], length: int, implementation: str, dtype) -> torch.Tensor:
+    allowed = torch.zeros(length, length, dtype=torch.bool)
+    for i in range(length):
+        allowed[i, i] = True
+        if i in active:
+            for j in active:
+                if j <= i:
+                    allowed[i, j] = True
+    if implementation == "sdpa":
+        return allowed[None, None]
+    return torch.zeros(1, 1, length, length, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+@torch.no_grad()
+def reference_forward(text_model, rotary_positions, embeds, visual, config: RoutingConfig | None, decisions=None):
+    """Routed forward of ONE unpadded sample (``embeds`` (L, D)); returns (final hidden (L, D), decisions).
+
+    ``decisions``: per decision layer, the selected visual positions; computed from
+    ``embeds[:decided_length]`` when not given (decode reuses the prefill's decisions and
+    appends text tokens, which are always active).
+    """
+    length = embeds.shape[0]
+    layers = text_model.layers
+    implementation = text_model.config._attn_implementation
+    cos, sin = text_model.rotary_emb(embeds[None], rotary_positions)
+    cos, sin = cos[0], sin[0]
+    visual_positions = [j for j in range(length) if visual[j]]
+    text_positions = [j for j in range(length) if not visual[j]]
+    prompt_length = len(visual) if decisions is None else None
+    found = [] if decisions is None else list(decisions)
+    active = list(range(length))
+    h = embeds.clone()
+    for i, layer in enumerate(layers):
+        if config is not None and i in config.decision_layers and visual_positions:
+            s = config.decision_layers.index(i)
+            if decisions is None:
+                if config.action == "reroute":
+                    candidates = visual_positions
+                    keys = list(range(prompt_length))
+                else:
+                    candidates = [j for j in active if visual[j]]
+                    keys = [j for j in active if j < prompt_length]
+                scores = reference_scores(layer, h[:prompt_length], cos[:prompt_length], sin[:prompt_length], keys)
+                k = config.keep_counts(len(visual_positions))[s]
+                chosen = sorted(sorted(candidates, key=lambda j: (-scores[j], j))[:k])
+                found.append(chosen)
+            chosen = found[s]
+            active = sorted(set(text_positions) | set(chosen))
+        mask = _mask(active, length, implementation, h.dtype)
+        out = layer(h[None], attention_mask=mask, position_embeddings=(cos[None], sin[None]))[0]
+        keep = torch.zeros(length, dtype=torch.bool)
+        keep[active] = True
+        h = torch.where(keep[:, None], out, h)  # inactive tokens bypass the layer
+    return text_model.norm(h[None])[0], found
