@@ -36,6 +36,7 @@ def full_attention_map(layer, hidden: torch.Tensor, cos: torch.Tensor, sin: torc
     return logits.masked_fill(~causal, float("-inf")), causal
 
 
+@torch.no_grad()
 def reference_scores(layer, hidden, cos, sin, keys: list[int]) -> dict[int, float]:
     """Score of every key token: the last key's attention row, softmax over ``keys`` only."""
     logits, _ = full_attention_map(layer, hidden, cos, sin)
