@@ -1,0 +1,171 @@
+"""`reroute cost`: per-preset, per-tier decoder cost of a real model shape, without weights.
+
+The model shapes are built from transformers' own config classes with the published
+dimensions typed in, so nothing is downloaded and the numbers follow exactly what
+`reroute.cost` reads from a loaded model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from reroute.budget import PAPER_TIERS, PRESETS, REFERENCE_NUM_VISUAL, preset
+from reroute.cost import CostReport, cost
+
+
+def llava_1_5_7b() -> Any:
+    """LLaVA-1.5-7B: CLIP ViT-L/14-336 + Vicuna-7B (Llama) decoder, float16 as released."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    text = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32064,
+        dtype="float16",
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+    )
+    return LlavaConfig(text_config=text, vision_config=vision, dtype="float16")
+
+
+def qwen2_5_vl_7b() -> Any:
+    """Qwen2.5-VL-7B-Instruct: 28-layer decoder with GQA (4 key/value heads), bfloat16 as released."""
+    from transformers import Qwen2_5_VLConfig
+
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            head_dim=128,
+            vocab_size=152064,
+        ),
+        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584),
+        dtype="bfloat16",
+    )
+
+
+MODELS = {"llava-1.5-7b": llava_1_5_7b, "qwen2.5-vl-7b": qwen2_5_vl_7b}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", choices=sorted(MODELS), default="llava-1.5-7b", help="model shape (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--ratios",
+        choices=("paper", "solved"),
+        default="solved",
+        help="published ratios, or the solver's that hit each tier exactly on this depth (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--num-visual", type=int, default=576, help="visual tokens of the prompt (default: %(default)s)"
+    )
+    parser.add_argument("--num-text", type=int, default=64, help="all other prompt tokens (default: %(default)s)")
+    parser.add_argument("--json", metavar="PATH", help="also write every row (full cost reports) as JSON here")
+
+
+Row = tuple[str, int | None, float | None, CostReport]  # preset, paper tier, target avg_T, report
+
+
+def target_avg_t(tier: int, num_visual: int) -> float:
+    """The paper's tiers are budgets for 576 visual tokens; other counts keep the same fraction
+    (so tier 64 is 1/9 of the visual tokens), as the published ratios do."""
+    return tier * num_visual / REFERENCE_NUM_VISUAL
+
+
+def rows(model_name: str, ratios: str, num_visual: int, num_text: int) -> list[Row]:
+    """Vanilla, then every preset at the paper's three tiers (scaled to ``num_visual``)."""
+    config = MODELS[model_name]()
+    table: list[Row] = [("vanilla", None, None, cost(None, config, num_visual, num_text))]
+    for name in PRESETS:
+        for tier in PAPER_TIERS:
+            target = target_avg_t(tier, num_visual)
+            # "paper" looks the set up by its published tier; "solved" hits the scaled target
+            routing = preset(
+                name,
+                tier if ratios == "paper" else target,
+                model=config,
+                ratios=ratios,  # type: ignore[arg-type]
+                num_visual=num_visual,
+            )
+            table.append((name, tier, target, cost(routing, config, num_visual, num_text)))
+    return table
+
+
+def format_table(table: list[Row]) -> str:
+    header = (
+        "preset", "tier", "ratios", "layers", "avg_T", "avg_T int",
+        "TFLOPs", "rel", "exact rel", "KV MB", "KV rel",
+    )  # fmt: skip
+    lines = [header]
+    for name, _, target, r in table:
+        cfg = r.config
+        lines.append(
+            (
+                name,
+                "-" if target is None else f"{target:g}" if target == int(target) else f"{target:.1f}",
+                "-" if cfg is None else ",".join(f"{x:.4g}" for x in cfg.keep_ratios),
+                "-" if cfg is None else ",".join(str(d) for d in cfg.decision_layers),
+                f"{r.avg_t_continuous:.1f}",
+                f"{r.avg_t:.1f}",
+                f"{r.flops_paper / 1e12:.3f}",
+                f"{r.flops_paper_ratio:.3f}",
+                f"{r.flops_exact_ratio:.3f}",
+                f"{r.kv_cache_bytes / 2**20:.1f}",
+                f"{r.kv_cache_ratio:.3f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.num_visual < 1 or args.num_text < 0:
+        print(
+            f"reroute cost: --num-visual must be at least 1 and --num-text at least 0, "
+            f"got {args.num_visual} and {args.num_text}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        table = rows(args.model, args.ratios, args.num_visual, args.num_text)
+    except ValueError as error:
+        print(f"reroute cost: {error}", file=sys.stderr)
+        return 2
+    dims = table[0][3].dims
+    print(
+        f"{args.model}: {dims.num_layers} decoder layers, hidden {dims.hidden_size}, MLP {dims.intermediate_size}, "
+        f"{dims.num_heads} heads / {dims.num_kv_heads} kv heads x {dims.head_dim}; "
+        f"{args.num_visual} visual + {args.num_text} other tokens; {args.ratios} ratios"
+    )
+    if args.num_visual != REFERENCE_NUM_VISUAL:
+        print(f"tiers 192/128/64 (of {REFERENCE_NUM_VISUAL} tokens) scaled to {args.num_visual} visual tokens")
+    print("TFLOPs: decoder prefill, paper formula 4nd^2+2n^2d+2ndm; exact: every matmul (2 FLOPs/MAC). "
+          "avg_T: continuous, and with the integer keep counts used.\n")  # fmt: skip
+    print(format_table(table))
+    if args.json:
+        payload = [
+            {"model": args.model, "preset": name, "tier": tier, "target_avg_t": target, "ratios": args.ratios}
+            | report.to_dict()
+            for name, tier, target, report in table
+        ]
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 0
