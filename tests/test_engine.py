@@ -167,9 +167,11 @@ def test_generate_batch_equals_samples_alone(family, model, name):
 
 
 # ----------------------------------------------------------------------------- generate
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_generate_equals_reference_decode(family, model, name):
+def test_generate_equals_reference_decode(family, attn, name):
     """Greedy generate() with the per-layer caches == the reference re-run over prompt + generated tokens."""
+    model = family.make_model(attn=attn)
     config = CONFIGS[name]
     inputs = _single(family)
     new = 10
