@@ -21,7 +21,7 @@ from transformers.masking_utils import create_causal_mask
 from reroute.backbones.base import Backbone, Positions, layer_cache_keyword
 from reroute.config import RoutingConfig
 from reroute.layout import Layout, with_trash_row
-from reroute.masks import decode_mask, prefill_mask, to_implementation
+from reroute.masks import compact_decode_mask, compact_prefill_mask
 from reroute.scoring import last_token_attention, select_top_k
 from reroute.trace import SampleTrace, Trace
 
@@ -75,9 +75,6 @@ class RoutedDecoder:
             cache=cache,
             position_ids=positions.text,
         )
-
-    def _compact_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return to_implementation(mask, self.text_config._attn_implementation, dtype)
 
     # ------------------------------------------------------------------ prefill
     def prefill(
@@ -148,7 +145,7 @@ class RoutedDecoder:
                 else:
                     h = layout.gather(buffer)
                     key_valid = layout.valid & layout.gather(pad_buf)
-                    mask = self._compact_mask(prefill_mask(key_valid), hidden.dtype)
+                    mask = compact_prefill_mask(key_valid, self.text_config._attn_implementation, hidden.dtype)
                     position_embeddings = (layout.gather(cos_buf), layout.gather(sin_buf))
                     position_ids = None
                     prompt_keys_s = key_valid
@@ -246,8 +243,9 @@ class RoutedDecoder:
         decoded_valid = attention_mask[:, state.prompt_length :].bool()
         position_embeddings = self.rotary(hidden, positions.rope)
         stock_mask = self._stock_mask(hidden, attention_mask, cache, positions)
+        implementation = self.text_config._attn_implementation
         stage_masks = [
-            self._compact_mask(decode_mask(keys, decoded_valid, num_new), hidden.dtype) for keys in state.prompt_keys
+            compact_decode_mask(keys, decoded_valid, num_new, implementation, hidden.dtype) for keys in state.prompt_keys
         ]
         assert decoded_valid.shape[1] == decoded
         h = hidden

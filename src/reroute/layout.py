@@ -8,6 +8,7 @@ back never touches a real token.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -52,15 +53,22 @@ class Layout:
         mask.scatter_(1, self.index, self.valid)
         return mask[:, : self.length]
 
+    @functools.cached_property
+    def _flat_index(self) -> torch.Tensor:
+        """``(B * n,)`` row indices into ``full`` flattened to ``(B * (L + 1), ...)``."""
+        rows = torch.arange(self.index.shape[0], device=self.index.device)[:, None]
+        return (self.index + rows * (self.length + 1)).flatten()
+
+    # Both move whole rows through the flattened (batch x position) axis: index_select /
+    # index_copy_ are several times faster than advanced indexing ``full[rows, index]`` on CPU.
     def gather(self, full: torch.Tensor) -> torch.Tensor:
         """Rows of ``full`` (``(B, L + 1, ...)``, trash row last) at this layout's positions."""
-        rows = torch.arange(full.shape[0], device=full.device)[:, None]
-        return full[rows, self.index]
+        flat = full.flatten(0, 1).index_select(0, self._flat_index)
+        return flat.view(*self.index.shape, *full.shape[2:])
 
     def scatter_(self, full: torch.Tensor, compact: torch.Tensor) -> None:
-        """Write ``compact`` back into ``full`` (in place); slack lands on the trash row."""
-        rows = torch.arange(full.shape[0], device=full.device)[:, None]
-        full[rows, self.index] = compact
+        """Write ``compact`` into ``full`` (in place; ``full`` must be contiguous); slack lands on the trash row."""
+        full.view(-1, *full.shape[2:]).index_copy_(0, self._flat_index, compact.flatten(0, 1))
 
 
 def with_trash_row(tensor: torch.Tensor) -> torch.Tensor:

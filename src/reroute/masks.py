@@ -43,3 +43,25 @@ def to_implementation(mask: torch.Tensor, implementation: str, dtype: torch.dtyp
     if implementation == "sdpa":
         return mask
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+def compact_prefill_mask(key_valid: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor | None:
+    """The prefill mask of a compact sequence in ``implementation``'s format.
+
+    ``None`` under SDPA when every key is valid (no padding, no slack): the mask is then plain
+    causal, and SDPA's ``is_causal`` kernel skips the masked half instead of computing it.
+    Prefill queries and keys are the same tokens, so its top-left causal alignment is right.
+    """
+    if implementation == "sdpa" and bool(key_valid.all()):
+        return None
+    return to_implementation(prefill_mask(key_valid), implementation, dtype)
+
+
+def compact_decode_mask(
+    prompt_keys: torch.Tensor, decoded_valid: torch.Tensor, num_new: int, implementation: str, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """`decode_mask` in ``implementation``'s format; ``None`` under SDPA for one new token that
+    may see every cached key (SDPA then attends to all of them, as the mask would say)."""
+    if implementation == "sdpa" and num_new == 1 and bool(prompt_keys.all()) and bool(decoded_valid.all()):
+        return None
+    return to_implementation(decode_mask(prompt_keys, decoded_valid, num_new), implementation, dtype)

@@ -44,16 +44,27 @@ def last_token_attention(
     k = attn.k_proj(x).view(batch, n, -1, head_dim)  # (B, n, KV, hd)
     if hasattr(attn, "q_norm"):  # QK-norm families (Qwen3-style)
         q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, 1, hd), (B, KV, n, hd)
+    # (B, heads, tokens, hd); the keys made contiguous so the rotary's elementwise ops run on dense memory
+    q, k = q.transpose(1, 2), k.transpose(1, 2).contiguous()
     q_cos, q_sin = cos[rows, query_index].unsqueeze(1), sin[rows, query_index].unsqueeze(1)
-    q = apply_rotary(q, q, q_cos, q_sin)[0]
-    k = apply_rotary(k, k, cos, sin)[0]
+    q = _rotate(apply_rotary, q, q_cos, q_sin)
+    k = _rotate(apply_rotary, k, cos, sin)
 
-    q = q.float().squeeze(2)  # (B, H, hd)
-    k = k.float().repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: repeat key heads
-    logits = torch.einsum("bhd,bhnd->bhn", q, k) * attn.scaling
+    kv_heads = k.shape[1]
+    q = q.float().view(batch, kv_heads, -1, head_dim)  # (B, KV, H / KV, hd): query head h reads key head h // (H / KV)
+    logits = torch.einsum("bgrd,bgnd->bgrn", q, k.float()).reshape(batch, -1, n) * attn.scaling  # (B, H, n)
     logits = logits.masked_fill(~key_valid[:, None, :], float("-inf"))
     return logits.softmax(dim=-1).mean(dim=1)
+
+
+def _rotate(apply_rotary: RotaryFn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x`` (``(B, heads, n, hd)``) rotated by the family's ``apply_rotary(q, k, cos, sin)``.
+
+    That function rotates a pair with the same tables; passing ``x`` twice would rotate it
+    twice. The second operand here is a one-head, one-token slice of ``x`` (broadcast against
+    the tables it costs one head's worth), and its result is discarded.
+    """
+    return apply_rotary(x, x[:, :1, :1], cos, sin)[0]
 
 
 def select_top_k(scores: torch.Tensor, candidates: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
