@@ -58,6 +58,7 @@ import reroute
 from reroute.budget import preset as budget_preset
 from reroute.config import RoutingConfig
 from reroute.cost import DecoderDims, decoder_dims, exact_layer_flops, paper_layer_flops
+from reroute.model_shapes import MODEL_SHAPES
 from reroute.trace import Trace
 
 MiB = 2**20
@@ -85,22 +86,29 @@ class BenchShape:
     dtype_cuda: str = "float16"
 
 
+def shape_of_released(name: str, description: str, **overrides: Any) -> BenchShape:
+    """The `BenchShape` of a released LLaVA config from `reroute.model_shapes` (one source for its dimensions)."""
+    config = MODEL_SHAPES[name]()
+    text, vision = config.text_config, config.vision_config
+    return BenchShape(
+        name=name,
+        description=description,
+        hidden_size=text.hidden_size,
+        intermediate_size=text.intermediate_size,
+        num_layers=text.num_hidden_layers,
+        num_heads=text.num_attention_heads,
+        num_kv_heads=text.num_key_value_heads,
+        vocab_size=text.vocab_size,
+        vision={
+            key: getattr(vision, key)
+            for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                        "image_size", "patch_size", "projection_dim")
+        },
+        **overrides,
+    )
+
+
 SHAPES: dict[str, BenchShape] = {
-    "llava-1.5-7b": BenchShape(
-        name="llava-1.5-7b",
-        description="LLaVA-1.5-7B: Vicuna-7B decoder, CLIP ViT-L/14 at 336 px (576 visual tokens)",
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_layers=32,
-        num_heads=32,
-        num_kv_heads=32,
-        vocab_size=32064,
-        vision=dict(
-            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-            image_size=336, patch_size=14, projection_dim=768,
-        ),
-        dtype_cpu="bfloat16",
-    ),
     "llava-1.5-narrow": BenchShape(
         name="llava-1.5-narrow",
         description=(
@@ -133,6 +141,11 @@ SHAPES: dict[str, BenchShape] = {
         ),
     ),
 }
+SHAPES["llava-1.5-7b"] = shape_of_released(
+    "llava-1.5-7b",
+    "LLaVA-1.5-7B: Vicuna-7B decoder, CLIP ViT-L/14 at 336 px (576 visual tokens)",
+    dtype_cpu="bfloat16",
+)
 
 IMAGE_TOKEN_ID = 32000  # llava-hf's <image>
 PAD_TOKEN_ID = 32001  # llava-hf's <pad>
