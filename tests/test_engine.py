@@ -108,9 +108,9 @@ def test_deferred_token_leaves_stage_unchanged(family, model, monkeypatch):
     seen = []
     original = RoutedDecoder._decide
 
-    def spy(self, layer, stage, h, layout, buffer, *args):
+    def spy(self, layer, h, layout, buffer, *args):
         seen.append(buffer[:, : buffer.shape[1] - 1].clone())
-        return original(self, layer, stage, h, layout, buffer, *args)
+        return original(self, layer, h, layout, buffer, *args)
 
     monkeypatch.setattr(RoutedDecoder, "_decide", spy)
     config = RoutingConfig("reroute", (1, 3, 5), (0.25, 0.5, 0.25))

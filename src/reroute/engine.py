@@ -42,6 +42,25 @@ class DecodeState:
     prompt_keys: tuple[torch.Tensor, ...]
 
 
+@dataclass(frozen=True)
+class _Prompt:
+    """Per-prefill constants, full length with the trash row appended (see `reroute.layout`).
+
+    visual, pad_valid: ``(B, L + 1)`` bool; cos, sin: ``(B, L + 1, head_dim)`` rotary tables at
+    the original positions; query_position: ``(B,)`` each sample's last non-padding token;
+    keep: per decision, ``(B,)`` keep counts (0 for a sample without visual tokens).
+    """
+
+    length: int
+    num_visual: tuple[int, ...]
+    visual: torch.Tensor
+    pad_valid: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    query_position: torch.Tensor
+    keep: tuple[torch.Tensor, ...]
+
+
 class RoutedDecoder:
     """Runs one VLM's decoder stack under a `RoutingConfig`."""
 
@@ -89,68 +108,49 @@ class RoutedDecoder:
     ) -> tuple[torch.Tensor, DecodeState, Trace]:
         """Routed prefill of ``hidden`` (``(B, L, D)`` merged embeddings); returns the normed last hidden state."""
         config = self.config
-        batch, length, _ = hidden.shape
-        device = hidden.device
-        pad_valid = (
-            attention_mask.bool() if attention_mask is not None else torch.ones(batch, length, dtype=torch.bool, device=device)
-        )
-        visual = visual & pad_valid
-        num_visual = visual.sum(dim=1).tolist()
-        keep = [
-            torch.tensor([config.keep_counts(n)[s] if n else 0 for n in num_visual], device=device)
-            for s in range(config.num_decisions)
-        ]
-        positions_arange = torch.arange(length, device=device)
-        query_position = (pad_valid * positions_arange).argmax(dim=1)  # last non-padding token
-
-        cos, sin = self.rotary(hidden, positions.rope)
-        cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)  # positions may be shared (1, L)
-        cos_buf, sin_buf = with_trash_row(cos), with_trash_row(sin)
-        pad_buf = with_trash_row(pad_valid)
-        visual_buf = with_trash_row(visual)
+        length = hidden.shape[1]
+        prompt = self._prompt(hidden, attention_mask, positions, visual)
         stock_mask = self._stock_mask(hidden, attention_mask, cache, positions)
+        full_stage = (stock_mask, (prompt.cos[:, :length], prompt.sin[:, :length]), positions.text)
 
         decisions = {d: s for s, d in enumerate(config.decision_layers)}
         per_layer = config.action == "reroute" and config.execution == "per_layer"
         layout: Layout | None = None  # None: the whole prompt is active
         buffer: torch.Tensor | None = None  # full-length states (+ trash row) while a stage is compact
-        mask, position_embeddings, position_ids = stock_mask, (cos, sin), positions.text
+        mask, position_embeddings, position_ids = full_stage
         stage_active: list[torch.Tensor] = []  # per decision, (B, L) active positions
         selections: list[torch.Tensor] = []  # per decision, (B, L) selected visual positions
-        layer_stage: list[int] = []
-        prompt_keys: list[torch.Tensor] = []
+        layer_stage: list[int] = []  # per layer, index into prompt_keys (-1: full prompt)
+        prompt_keys: list[torch.Tensor] = []  # per compact stage, (B, n) valid keys of its caches
         h = hidden
 
         for i, layer in enumerate(self.layers):
             if i in decisions:
-                s = decisions[i]
                 # Bring the full-length states up to date: deferred/removed rows keep their last state.
                 if layout is None:
                     buffer = with_trash_row(h)
                 elif not per_layer:
                     layout.scatter_(buffer, h)
-                active_now = layout.active() if layout is not None else torch.ones_like(pad_valid)
-                chosen = self._decide(layer, s, h, layout, buffer, cos_buf, sin_buf, pad_buf, visual_buf, keep[s], query_position)
-                selections.append(chosen)
+                chosen = self._decide(layer, h, layout, buffer, prompt, decisions[i])
+                visual_now = prompt.visual[:, :length]
                 if config.action == "reroute":
-                    active = ~visual | chosen  # every visual token competed; text and padding always run
+                    active = ~visual_now | chosen  # every visual token competed; text and padding always run
                 else:
-                    active = active_now & (~visual | chosen)  # only survivors competed
+                    active_now = layout.active() if layout is not None else torch.ones_like(chosen)
+                    active = active_now & (~visual_now | chosen)  # only survivors competed
+                selections.append(chosen)
                 stage_active.append(active)
                 layout = Layout.from_active(active)
-                if layout.is_full:
+                if layout.is_full:  # nothing to compact (keep ratio 1.0, or no visual token anywhere)
                     layout, h = None, buffer[:, :length]
-                    mask, position_embeddings, position_ids = stock_mask, (cos, sin), positions.text
-                    prompt_keys_s = None
+                    mask, position_embeddings, position_ids = full_stage
                 else:
                     h = layout.gather(buffer)
-                    key_valid = layout.valid & layout.gather(pad_buf)
+                    key_valid = layout.valid & layout.gather(prompt.pad_valid)
                     mask = compact_prefill_mask(key_valid, self.text_config._attn_implementation, hidden.dtype)
-                    position_embeddings = (layout.gather(cos_buf), layout.gather(sin_buf))
+                    position_embeddings = (layout.gather(prompt.cos), layout.gather(prompt.sin))
                     position_ids = None
-                    prompt_keys_s = key_valid
-                if prompt_keys_s is not None:
-                    prompt_keys.append(prompt_keys_s)
+                    prompt_keys.append(key_valid)
             elif per_layer and layout is not None:
                 h = layout.gather(buffer)
 
@@ -165,36 +165,65 @@ class RoutedDecoder:
             h = buffer[:, :length]
         h = self.norm(h)
 
-        trace = self._trace(num_visual, visual, pad_valid, stage_active, selections, layer_stage, prompt_keys, length)
+        trace = self._trace(prompt, stage_active, selections, layer_stage, prompt_keys)
         state = DecodeState(prompt_length=length, layer_stage=tuple(layer_stage), prompt_keys=tuple(prompt_keys))
         return h, state, trace
 
-    def _decide(self, layer, stage, h, layout, buffer, cos_buf, sin_buf, pad_buf, visual_buf, keep, query_position):
+    def _prompt(self, hidden, attention_mask, positions: Positions, visual) -> _Prompt:
+        batch, length = hidden.shape[:2]
+        pad_valid = (
+            attention_mask.bool()
+            if attention_mask is not None
+            else torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
+        )
+        visual = visual & pad_valid
+        num_visual = visual.sum(dim=1).tolist()
+        keep = tuple(
+            torch.tensor([self.config.keep_counts(n)[s] if n else 0 for n in num_visual], device=hidden.device)
+            for s in range(self.config.num_decisions)
+        )
+        cos, sin = self.rotary(hidden, positions.rope)
+        cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)  # positions may be shared (1, L)
+        return _Prompt(
+            length=length,
+            num_visual=tuple(num_visual),
+            visual=with_trash_row(visual),
+            pad_valid=with_trash_row(pad_valid),
+            cos=with_trash_row(cos),
+            sin=with_trash_row(sin),
+            query_position=(pad_valid * torch.arange(length, device=hidden.device)).argmax(dim=1),
+            keep=keep,
+        )
+
+    def _decide(self, layer, h, layout: Layout | None, buffer, prompt: _Prompt, stage: int) -> torch.Tensor:
         """``(B, L)`` bool: the visual tokens selected at this decision (SPEC §2, §3)."""
-        length = buffer.shape[1] - 1
+        length = prompt.length
         if self.config.action == "reroute" or layout is None:
             # Candidates: every visual token, scored from the state it has now.
             view = torch.arange(length, device=h.device).expand(h.shape[0], -1)
             hidden_v = buffer[:, :length]
-            cos_v, sin_v = cos_buf[:, :length], sin_buf[:, :length]
-            key_valid = pad_buf[:, :length]
-            candidates = visual_buf[:, :length]
+            cos_v, sin_v = prompt.cos[:, :length], prompt.sin[:, :length]
+            key_valid = prompt.pad_valid[:, :length]
+            candidates = prompt.visual[:, :length]
         else:
             # remove: only the survivors are keys and candidates.
             view = layout.index
             hidden_v = h
-            cos_v, sin_v = layout.gather(cos_buf), layout.gather(sin_buf)
-            key_valid = layout.valid & layout.gather(pad_buf)
-            candidates = layout.valid & layout.gather(visual_buf)
-        query_index = (view == query_position[:, None]).int().argmax(dim=1)
+            cos_v, sin_v = layout.gather(prompt.cos), layout.gather(prompt.sin)
+            key_valid = layout.valid & layout.gather(prompt.pad_valid)
+            candidates = layout.valid & layout.gather(prompt.visual)
+        query_index = (view == prompt.query_position[:, None]).int().argmax(dim=1)
         scores = last_token_attention(layer, hidden_v, cos_v, sin_v, key_valid, query_index, self.backbone.apply_rotary)
-        chosen_view = select_top_k(scores, candidates, keep)
+        chosen_view = select_top_k(scores, candidates, prompt.keep[stage])
         chosen = torch.zeros(h.shape[0], length + 1, dtype=torch.bool, device=h.device)
         chosen.scatter_(1, view, chosen_view)
         return chosen[:, :length]
 
-    def _trace(self, num_visual, visual, pad_valid, stage_active, selections, layer_stage, prompt_keys, length) -> Trace:
+    def _trace(self, prompt: _Prompt, stage_active, selections, layer_stage, prompt_keys) -> Trace:
         config = self.config
+        length = prompt.length
+        visual = prompt.visual[:, :length]
+        num_visual = prompt.num_visual
         decisions = config.decision_layers
         stage_visual = [(a & visual).sum(dim=1).tolist() for a in stage_active]
         stage_tokens = [a.sum(dim=1).tolist() for a in stage_active]
