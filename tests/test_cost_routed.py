@@ -23,6 +23,9 @@ def configs() -> dict[str, RoutingConfig]:
         "remove": RoutingConfig("remove", (2, 4), (0.5, 0.25)),
         "reroute": RoutingConfig("reroute", (1, 3, 5), (0.5, 0.5, 0.25)),
         "reroute_per_layer": RoutingConfig("reroute", (1, 3, 5), (0.5, 0.5, 0.25), execution="per_layer"),
+        # decisions that keep every candidate score nothing (and cost says so)
+        "reroute_keep_all_first": RoutingConfig("reroute", (1, 3), (1.0, 0.5)),
+        "remove_keep_survivors": RoutingConfig("remove", (2, 4), (0.5, 0.5)),
         "pdrop_preset": preset("pdrop", tier, num_layers=NUM_LAYERS, num_visual=NUM_VISUAL),
         "reroute_vs_pdrop_preset": preset("reroute_vs_pdrop", tier, num_layers=NUM_LAYERS, num_visual=NUM_VISUAL),
     }

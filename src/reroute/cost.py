@@ -124,14 +124,18 @@ def scoring_flops(config: RoutingConfig | None, dims: DecoderDims, num_visual: i
     At each decision: the query projection of the last prompt token, the key projection of
     every key token, and one row of ``QK^T`` over every query head. The keys are every
     candidate and always-kept token: the whole prompt for ``reroute`` (and for the first
-    decision), the survivors of the previous stage for later ``remove`` decisions.
+    decision), the survivors of the previous stage for later ``remove`` decisions. A decision
+    that keeps every candidate (keep ratio 1.0, say) scores nothing.
     """
     if config is None:
         return 0
     counts = config.keep_counts(num_visual)
     total = 0
     for s in range(config.num_decisions):
-        keys = num_text + (num_visual if s == 0 or config.action == "reroute" else counts[s - 1])
+        candidates = num_visual if s == 0 or config.action == "reroute" else counts[s - 1]
+        if counts[s] >= candidates:
+            continue
+        keys = num_text + candidates
         total += 2 * dims.hidden_size * dims.q_width  # q of one row
         total += 2 * keys * dims.hidden_size * dims.kv_width  # k of every key
         total += 2 * dims.num_heads * keys * dims.head_dim  # one row of QK^T

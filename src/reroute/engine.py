@@ -212,9 +212,15 @@ class RoutedDecoder:
             cos_v, sin_v = layout.gather(prompt.cos), layout.gather(prompt.sin)
             key_valid = layout.valid & layout.gather(prompt.pad_valid)
             candidates = layout.valid & layout.gather(prompt.visual)
-        query_index = (view == prompt.query_position[:, None]).int().argmax(dim=1)
-        scores = last_token_attention(layer, hidden_v, cos_v, sin_v, key_valid, query_index, self.backbone.apply_rotary)
-        chosen_view = select_top_k(scores, candidates, prompt.keep[stage])
+        keep = prompt.keep[stage]
+        if bool((keep >= candidates.sum(dim=1)).all()):
+            chosen_view = candidates  # every candidate is kept (e.g. keep ratio 1.0): nothing to score
+        else:
+            query_index = (view == prompt.query_position[:, None]).int().argmax(dim=1)
+            scores = last_token_attention(
+                layer, hidden_v, cos_v, sin_v, key_valid, query_index, self.backbone.apply_rotary
+            )
+            chosen_view = select_top_k(scores, candidates, keep)
         chosen = torch.zeros(h.shape[0], length + 1, dtype=torch.bool, device=h.device)
         chosen.scatter_(1, view, chosen_view)
         return chosen[:, :length]
