@@ -1,0 +1,75 @@
+"""`reroute train-demo-model`: reproduce the bundled demo model's weights from a seed.
+
+The shipped model in ``reroute/demo/model/`` was made with the command recorded in its
+``metrics.json`` / ``training_log.txt``. Bit-exact reproduction needs the same ``--threads``
+(CPU kernels split reductions by thread count) and the same torch version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from reroute.demo.train import TrainConfig
+
+    d = TrainConfig()
+    parser.add_argument("--seed", type=int, default=d.seed, help="model init and data stream seed (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per step (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
+    parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warmup (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=d.threads, help="torch.set_num_threads (default %(default)s)")
+    parser.add_argument("--eval-every", type=int, default=d.eval_every, help="held-out eval period in steps, 0 = never")
+    parser.add_argument("--eval-samples", type=int, default=d.eval_samples, help="'val' samples per periodic eval")
+    parser.add_argument("--test-samples", type=int, default=d.test_samples, help="'test' samples in the final eval")
+    parser.add_argument("--turns", type=int, default=d.turns, help="questions per image in a training sequence")
+    parser.add_argument("--curriculum", type=float, default=d.curriculum, help="fraction of steps on 1-3 object scenes")
+    parser.add_argument("--aux-weight", type=float, default=d.aux_weight, help="weight of the auxiliary visual-token loss")
+    parser.add_argument("--attn-weight", type=float, default=d.attn_weight, help="weight of the supervised-attention loss")
+    parser.add_argument("--attn-layer", type=int, default=d.attn_layer, help="decoder layer of the supervised head")
+    parser.add_argument("--layout", default=d.layout, choices=["grid", "slots"], help="scene layout (default: synthetic.DEFAULT_LAYOUT)")
+    parser.add_argument("--checkpoint", action="store_true", help="save <output>/checkpoint at every periodic eval")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass (not used for the shipped model)")
+    parser.add_argument(
+        "--output", default=d.output, help="folder for save_pretrained (default: the package's demo/model/)"
+    )
+    parser.add_argument("--log-file", default=None, help="also write the log here (default: <output>/training_log.txt)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from reroute.demo.train import TrainConfig, setup_logging, train
+
+    cfg = TrainConfig(
+        seed=args.seed,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        threads=args.threads,
+        eval_every=args.eval_every,
+        eval_samples=args.eval_samples,
+        test_samples=args.test_samples,
+        turns=args.turns,
+        curriculum=args.curriculum,
+        aux_weight=args.aux_weight,
+        attn_weight=args.attn_weight,
+        attn_layer=args.attn_layer,
+        layout=args.layout,
+        checkpoint=args.checkpoint,
+        bf16=args.bf16,
+        output=args.output,
+    )
+    setup_logging(args.log_file or Path(args.output) / "training_log.txt")
+    command = "reroute train-demo-model " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
+    result = train(cfg, command=command)
+    m = result["test_metrics"]
+    print(
+        f"held-out test ({m['n']} samples): grounding Acc@0.5 {m['grounding_acc50']:.3f} "
+        f"({m['n_grounding']}), VQA accuracy {m['vqa_acc']:.3f} ({m['n_vqa']}); saved to {cfg.output}"
+    )
+    return 0
