@@ -123,3 +123,29 @@ def test_output_hidden_states_is_refused():
     inputs = llava_batch([llava_prompt(1)])
     with reroute.apply(model, RoutingConfig()), pytest.raises(ValueError, match="^output_hidden_states=True is not supported"):
         model(**inputs, output_hidden_states=True)
+
+
+def test_continuing_a_routed_cache_with_a_new_image_is_refused():
+    from models import llava_batch, llava_prompt
+
+    model = tiny_llava()
+    inputs = llava_batch([llava_prompt(1)])
+    with reroute.apply(model, RoutingConfig()), torch.no_grad():
+        cache = model(**inputs, use_cache=True).cache
+        more = dict(inputs, attention_mask=torch.ones(1, 2 * inputs["input_ids"].shape[1], dtype=torch.long))
+        message = "new visual tokens cannot continue a routed cache; start a new generate() call for a new image"
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            model(**more, cache=cache, use_cache=True)
+
+
+def test_a_cache_filled_without_routing_is_refused():
+    from models import llava_batch, llava_prompt
+
+    model = tiny_llava()
+    inputs = llava_batch([llava_prompt(1)])
+    with torch.no_grad():
+        cache = model(**inputs, use_cache=True).cache
+        step = {"input_ids": torch.tensor([[7]]), "attention_mask": torch.ones(1, inputs["input_ids"].shape[1] + 1, dtype=torch.long)}
+        message = "reroute cannot continue a KV cache it did not fill; run the prompt through the routed model first"
+        with reroute.apply(model, RoutingConfig()), pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            model(**step, cache=cache, use_cache=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from reroute.backbones import Backbone, backbone_for
@@ -142,8 +143,6 @@ class RoutingHandle:
                 "reroute cannot continue a KV cache it did not fill; run the prompt through the routed model first"
             )
         if use_cache and cache is None:
-            from transformers import DynamicCache
-
             cache = DynamicCache(config=self.text_model.config)
         visual = call.visual
         if visual is None or visual.shape != inputs_embeds.shape[:2]:
