@@ -11,6 +11,7 @@ from models import llava_batch, llava_prompt, tiny_llava
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from transformers import LlamaConfig, LlavaConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from reroute.bench import output_cache
 from reroute.budget import preset
 from reroute.cli import main
 from reroute.config import RoutingConfig
@@ -49,10 +50,6 @@ def cache_bytes(cache) -> list[int]:
         layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
         for layer in cache.layers
     ]
-
-
-def output_cache(out):
-    return getattr(out, "cache", None) or out.past_key_values
 
 
 # --------------------------------------------------------------------------------------
