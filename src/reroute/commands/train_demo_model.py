@@ -17,9 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     d = TrainConfig()
     parser.add_argument("--seed", type=int, default=d.seed, help="model init and data stream seed (default %(default)s)")
-    parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per step (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
+    parser.add_argument(
+        "--vision-steps", type=int, default=d.vision_steps, help="stage 1 steps: vision tower + projector on per-patch targets"
+    )
+    parser.add_argument("--steps", type=int, default=d.steps, help="stage 2 steps: the whole model (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="conversations per step (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=d.lr, help="stage 2 peak learning rate (default %(default)s)")
     parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warmup (default %(default)s)")
     parser.add_argument("--threads", type=int, default=d.threads, help="torch.set_num_threads (default %(default)s)")
     parser.add_argument("--eval-every", type=int, default=d.eval_every, help="held-out eval period in steps, 0 = never")
@@ -27,12 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-samples", type=int, default=d.test_samples, help="'test' samples in the final eval")
     parser.add_argument("--turns", type=int, default=d.turns, help="questions per image in a training sequence")
     parser.add_argument("--curriculum", type=float, default=d.curriculum, help="fraction of steps on 1-3 object scenes")
-    parser.add_argument("--aux-weight", type=float, default=d.aux_weight, help="weight of the auxiliary visual-token loss")
+    parser.add_argument("--probe-weight", type=float, default=d.probe_weight, help="weight of the per-patch probe loss in stage 2")
+    parser.add_argument(
+        "--description-weight", type=float, default=d.description_weight, help="weight of the question-description probe loss"
+    )
     parser.add_argument("--attn-weight", type=float, default=d.attn_weight, help="weight of the supervised-attention loss")
-    parser.add_argument("--attn-layer", type=int, default=d.attn_layer, help="decoder layer of the supervised head")
     parser.add_argument("--layout", default=d.layout, choices=["grid", "slots"], help="scene layout (default: synthetic.DEFAULT_LAYOUT)")
     parser.add_argument("--checkpoint", action="store_true", help="save <output>/checkpoint at every periodic eval")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass (not used for the shipped model)")
     parser.add_argument(
         "--output", default=d.output, help="folder for save_pretrained (default: the package's demo/model/)"
     )
@@ -46,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(
         seed=args.seed,
+        vision_steps=args.vision_steps,
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -56,12 +61,11 @@ def run(args: argparse.Namespace) -> int:
         test_samples=args.test_samples,
         turns=args.turns,
         curriculum=args.curriculum,
-        aux_weight=args.aux_weight,
+        probe_weight=args.probe_weight,
         attn_weight=args.attn_weight,
-        attn_layer=args.attn_layer,
+        description_weight=args.description_weight,
         layout=args.layout,
         checkpoint=args.checkpoint,
-        bf16=args.bf16,
         output=args.output,
     )
     setup_logging(args.log_file or Path(args.output) / "training_log.txt")

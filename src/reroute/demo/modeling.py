@@ -3,7 +3,8 @@
 * vision tower: ``CLIPVisionConfig`` ViT, 96 px images, patch 8 -> 144 patches (+ CLS, dropped by
   ``vision_feature_select_strategy="default"``) -> 144 visual tokens per image;
 * projector: LLaVA's 2-layer GELU MLP;
-* decoder: ``LlamaConfig`` (8 layers, GQA, RoPE), tied input/output embeddings;
+* decoder: ``LlamaConfig`` (12 layers, GQA, RoPE), untied input/output embeddings as in LLaVA-1.5's
+  Vicuna;
 * tokenizer: a ``tokenizers`` WordLevel model over the task's closed vocabulary, with every box
   coordinate "0.00" .. "1.00" a single token, wrapped in ``PreTrainedTokenizerFast``;
 * processor: ``LlavaProcessor`` with a CLIP image processor (PIL backend).
@@ -38,7 +39,14 @@ VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_a
 # tokens on average), and with the presets' first decision scaled from layer 3 of 32 to layer
 # 1 of L, the layers before it alone give 144/L tokens: L must be >= 10 for tier 64 (16 of
 # 144) to be reachable at all. 8 layers cannot run tier 64.
-TEXT = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=12, num_attention_heads=4, num_key_value_heads=2)
+TEXT = dict(
+    hidden_size=128, intermediate_size=384, num_hidden_layers=12, num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0
+)
+
+# Input word embeddings start at unit scale: at the usual 0.02 a word's identity is a few percent
+# of the residual stream once the first layer has written to it (measured: 0.6 against 21), and
+# the answer position then cannot learn which object the question names.
+EMBED_INIT_STD = 1.0
 
 # CLIP normalisation is irrelevant for a tower trained from scratch: map [0, 255] to about [-1, 1].
 IMAGE_MEAN = [0.5, 0.5, 0.5]
@@ -135,10 +143,9 @@ def build_config(tokenizer=None):
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=512,
-        rope_theta=10000.0,
         rms_norm_eps=1e-5,
         hidden_act="silu",
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -152,7 +159,7 @@ def build_config(tokenizer=None):
         projector_hidden_act="gelu",
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,  # a small tower trained from scratch: use its last layer
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
     )
     config.bos_token_id = tokenizer.bos_token_id
     config.eos_token_id = tokenizer.eos_token_id
@@ -202,6 +209,8 @@ def build_model(seed: int = 0, processor=None):
     config = build_config(processor.tokenizer)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0.0, EMBED_INIT_STD)
     _init_coordinate_embeddings(model, processor.tokenizer, seed)
     _init_vision_positions(model)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
