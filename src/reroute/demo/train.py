@@ -561,7 +561,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
         probe.install(model)
     groups = _param_groups([model, probes, describe], cfg.weight_decay, cfg.qk_lr_scale)
     described: list[torch.Tensor] = []
-    model.model.language_model.layers[DESCRIPTION_LAYER].register_forward_hook(
+    description_hook = model.model.language_model.layers[DESCRIPTION_LAYER].register_forward_hook(
         lambda module, args, output: described.append(output[0] if isinstance(output, tuple) else output)
     )
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
@@ -619,6 +619,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
                 model.save_pretrained(Path(cfg.output) / "checkpoint")
                 if cfg.attn_weight > 0:
                     probe.install(model)
+    description_hook.remove()
     train_time = time.time() - t0
     model.set_attn_implementation("sdpa")
     model.eval()
