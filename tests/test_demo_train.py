@@ -75,12 +75,16 @@ def _box_set(o: synthetic.SceneObject) -> set[tuple[int, int]]:
     return {(r, c) for r in range(o.y, o.y + o.size) for c in range(o.x, o.x + o.size)}
 
 
+def _encoded_conversations(seed: int, count: int):
+    """``count`` six-turn training conversations of ``seed``, their batch, the tokenizer and the image token id."""
+    tok = modeling.build_tokenizer()
+    convs = [synthetic.make_conversation(seed, "train", i, turns=6) for i in range(count)]
+    batch = train.encode_conversations(modeling.build_processor(), convs)
+    return convs, batch, tok, tok.convert_tokens_to_ids(modeling.IMAGE_TOKEN)
+
+
 def test_attention_targets_follow_the_referring_expression():
-    _, processor = modeling.build_model(seed=0)
-    tok = processor.tokenizer
-    convs = [synthetic.make_conversation(1, "train", i, turns=6) for i in range(6)]
-    batch = train.encode_conversations(processor, convs)
-    image_token_id = tok.convert_tokens_to_ids(modeling.IMAGE_TOKEN)
+    convs, batch, tok, image_token_id = _encoded_conversations(seed=1, count=6)
     targets = train.attention_targets(convs, batch, image_token_id, tok)
     questions = [s for c in convs for s in c]
     about_one = [s for s in questions if s.target is not None]
@@ -110,11 +114,7 @@ def test_attention_targets_follow_the_referring_expression():
 
 
 def test_description_targets_name_the_expression_attributes():
-    _, processor = modeling.build_model(seed=0)
-    tok = processor.tokenizer
-    convs = [synthetic.make_conversation(2, "train", i, turns=6) for i in range(8)]
-    batch = train.encode_conversations(processor, convs)
-    image_token_id = tok.convert_tokens_to_ids(modeling.IMAGE_TOKEN)
+    convs, batch, tok, image_token_id = _encoded_conversations(seed=2, count=8)
     rows, positions, labels = train.description_targets(convs, batch, image_token_id, tok)
     colors, shapes = list(synthetic.COLORS), list(synthetic.SHAPES)
     none_color, any_shape, none_shape = len(colors), len(shapes), len(shapes) + 1
