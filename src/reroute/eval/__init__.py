@@ -16,7 +16,7 @@ from reroute.eval.task import MODEL_FAMILIES, EvalSample, Metric, Task
 _LAZY: dict[str, str] = {
     "evaluate": "reroute.eval.runner",
     "EvalRun": "reroute.eval.runner",
-    "Summary": "reroute.eval.runner",
+    "evaluate_task": "reroute.eval.runner",
     "detect_family": "reroute.eval.families",
     "get_family": "reroute.eval.families",
 }
