@@ -13,6 +13,8 @@ COMMANDS: dict[str, str] = {
     "demo": "Evaluate the bundled model under every preset and tier (the main job).",
     "cost": "Per-layer tokens, avg_T, FLOPs and KV-cache bytes of every preset.",
     "bench": "Prefill/decode latency and memory of vanilla, remove and reroute, side by side.",
+    "eval": "Evaluate a model, vanilla or routed, on benchmarks from local files (resumable, multi-GPU).",
+    "paper-table": "Every preset x tier x task through `reroute eval`, then the paper-style table.",
     "train-demo-model": "Reproduce the bundled demo model's weights from a seed.",
 }
 

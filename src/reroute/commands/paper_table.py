@@ -1,0 +1,137 @@
+"""`reroute paper-table`: every method x tier x task through the eval runner, then one table.
+
+Each (method, tier) is an ordinary `reroute eval` run in its own folder under ``--output``,
+so the table is resumable run by run and sample by sample, and shards under
+``accelerate launch`` like `reroute eval`. The table (``paper_table.md`` / ``.json``) has one
+row per method and tier and one column per task's headline metric (the first metric its
+`score` returns), then avg_T, decoder FLOPs and KV cache relative to vanilla (averaged over
+the tasks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from reroute.commands import eval as eval_command
+
+#: the methods of the table, in row order (Nüwa's rows join here)
+TABLE_PRESETS: tuple[str, ...] = ("vanilla", "fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop")
+#: the paper's tiers (avg_T of 576 visual tokens)
+TABLE_TIERS: tuple[int, ...] = (192, 128, 64)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = eval_command.EPILOG
+    parser.add_argument("--model", required=True, help="Hugging Face Hub id or local folder of a saved model")
+    parser.add_argument("--data-dir", required=True, help="folder holding the benchmarks' local files")
+    parser.add_argument("--output", default="outputs/paper_table", help="results folder (default outputs/paper_table)")
+    parser.add_argument("--tasks", default="refcoco_val,pope", help="comma-separated task names (default refcoco_val,pope)")
+    parser.add_argument("--limit", type=int, default=None, help="first N samples of each task")
+    parser.add_argument("--ratios", default="solved", choices=("solved", "paper"), help="keep ratios: solved (default) or paper")
+    parser.add_argument("--batch-size", type=int, default=8, help="samples per generate() call (default 8)")
+    parser.add_argument("--family", default="auto", choices=("auto", *eval_command.MODEL_FAMILIES))
+    parser.add_argument("--rec-frame", default="original", choices=("original", "resized"))
+    parser.add_argument("--dtype", default="auto", choices=eval_command.DTYPES)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def table_runs(ratios: str) -> list[tuple[str, int | None, str]]:
+    """(method, paper tier, run name) of every row, in table order."""
+    runs: list[tuple[str, int | None, str]] = []
+    for method in TABLE_PRESETS:
+        if method == eval_command.VANILLA:
+            runs.append((method, None, eval_command.VANILLA))
+            continue
+        for tier in TABLE_TIERS:
+            runs.append((method, tier, f"{method}-{tier}-{ratios}"))
+    return runs
+
+
+def format_table(rows: list[dict[str, Any]], task_names: list[str]) -> str:
+    """Markdown: one row per (method, tier); each task's headline metric with its 95 % interval."""
+    headlines = []
+    for name in task_names:
+        metric = next((r["tasks"][name]["headline"] for r in rows if name in r["tasks"]), "")
+        headlines.append(f"{name} {metric}".strip())
+    lines = [
+        "| method | tier | " + " | ".join(headlines) + " | avg_T | FLOPs rel | KV rel |",
+        "|---|---|" + "---|" * len(task_names) + "---|---|---|",
+    ]
+    for row in rows:
+        cells = []
+        for name in task_names:
+            task = row["tasks"].get(name)
+            if task is None:
+                cells.append("-")
+                continue
+            m = task["metrics"][task["headline"]]
+            cells.append(f"{m['value']:.4f} [{m['low']:.3f}, {m['high']:.3f}]")
+        tier = "-" if row["tier"] is None else str(row["tier"])
+        lines.append(
+            f"| {row['method']} | {tier} | " + " | ".join(cells)
+            + f" | {row['avg_T']:.1f} | {row['flops_paper_rel']:.3f} | {row['kv_rel']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def table_row(method: str, tier: int | None, summary: dict[str, Any], task_names: list[str]) -> dict[str, Any]:
+    tasks = {name: summary["tasks"][name] for name in task_names}
+
+    def mean(key: str) -> float:
+        return statistics.fmean(t[key] for t in tasks.values())
+
+    return {
+        "method": method,
+        "tier": tier,
+        "run": summary["run"],
+        "config": summary["config"],
+        "tasks": tasks,
+        "avg_T": mean("avg_T"),
+        "flops_paper_rel": mean("flops_paper_rel"),
+        "kv_rel": mean("kv_rel"),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from reroute.eval.runner import EvalRun, check_run_dir, evaluate
+    from reroute.eval.shard import current_shard
+
+    try:
+        if args.batch_size < 1:
+            raise eval_command.UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+        tasks = eval_command.load_samples(eval_command.parse_tasks(args.tasks), args.data_dir, args.limit)
+        model, processor, family, _ = eval_command.prepare_model(args)
+        plan = []
+        for method, tier, name in table_runs(args.ratios):
+            config = eval_command.routing_config(method, tier, args.ratios, model)
+            labels = {"method": method, "tier": tier, "ratios": None if tier is None else args.ratios}
+            eval_run = EvalRun(name, config, args.model, family, args.rec_frame, args.batch_size, labels)
+            check_run_dir(eval_run, Path(args.output) / name)
+            plan.append((method, tier, eval_run))
+    except (eval_command.UserError, ValueError, TypeError, FileNotFoundError) as error:
+        print(f"reroute paper-table: error: {eval_command.one_line(error)}", file=sys.stderr)
+        return 2
+
+    shard = current_shard()
+    names = [task.name for task, _ in tasks]
+    rows = []
+    for method, tier, eval_run in plan:
+        summary = evaluate(model, processor, tasks, eval_run, args.output, shard=shard, progress=not args.no_progress)
+        if summary is not None:
+            rows.append(table_row(method, tier, summary, names))
+    if not shard.is_main:
+        return 0
+    table = format_table(rows, names)
+    out = Path(args.output)
+    (out / "paper_table.md").write_text(table)
+    (out / "paper_table.json").write_text(json.dumps({"model": args.model, "rows": rows}, indent=2) + "\n")
+    print(table)
+    print(f"wrote {out}/paper_table.md, paper_table.json")
+    return 0
