@@ -251,3 +251,155 @@ def write_pope(
             )
     write_split(data_dir, name, "data", "test", rows, POPE_FEATURES, layout, org, n_shards)
     return [dict(r, image=Image.open(io.BytesIO(r["image"]["bytes"]))) for r in rows]
+
+
+# ----------------------------------------------------------------------------- GQA
+
+GQA_QUESTION_FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "imageId": datasets.Value("string"),
+        "question": datasets.Value("string"),
+        "answer": datasets.Value("string"),
+        "fullAnswer": datasets.Value("string"),
+        "isBalanced": datasets.Value("bool"),
+    }
+)
+GQA_IMAGE_FEATURES = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image()})
+
+
+def write_gqa(
+    data_dir: str | Path, layout: str = "org", org: str = DEFAULT_ORG, n_images: int = 3, questions_per_image: int = 2, name: str = "GQA"
+) -> list[dict[str, Any]]:
+    """lmms-lab/GQA's two test-dev configs: ``testdev_balanced_instructions`` and ``testdev_balanced_images``.
+
+    Image ``n{i}`` gets ``questions_per_image`` questions ``"What is in region {k} of image {i}?"``
+    with answer ``"thing{i}{k}"``; question ids are ``"20{i}{k}"``. The images config lists the
+    images in reverse order (so a join that assumes the same order is caught). Returns the
+    question rows, each with an extra ``"image"`` key holding its PIL image.
+    """
+    questions, images = [], []
+    for i in range(n_images):
+        image = fixture_image(200 + i)
+        images.append({"id": f"n{i}", "image": image_value(image, f"n{i}.jpg")})
+        for k in range(questions_per_image):
+            questions.append(
+                {
+                    "id": f"20{i}{k}",
+                    "imageId": f"n{i}",
+                    "question": f"What is in region {k} of image {i}?",
+                    "answer": f"thing{i}{k}",
+                    "fullAnswer": f"The region holds thing{i}{k}.",
+                    "isBalanced": True,
+                }
+            )
+    write_split(data_dir, name, "testdev_balanced_instructions", "testdev", questions, GQA_QUESTION_FEATURES, layout, org)
+    write_split(data_dir, name, "testdev_balanced_images", "testdev", images[::-1], GQA_IMAGE_FEATURES, layout, org)
+    by_id = {r["id"]: Image.open(io.BytesIO(r["image"]["bytes"])) for r in images}
+    return [dict(q, image=by_id[q["imageId"]]) for q in questions]
+
+
+# ----------------------------------------------------------------------------- MME
+
+MME_FEATURES = datasets.Features(
+    {
+        "question_id": datasets.Value("string"),
+        "image": datasets.Image(),
+        "question": datasets.Value("string"),
+        "answer": datasets.Value("string"),
+        "category": datasets.Value("string"),
+    }
+)
+
+
+def write_mme(
+    data_dir: str | Path,
+    categories: Sequence[str] = ("existence", "OCR", "code_reasoning"),
+    images_per_category: int = 2,
+    layout: str = "org",
+    org: str = DEFAULT_ORG,
+    n_shards: int = 2,
+    name: str = "MME",
+) -> list[dict[str, Any]]:
+    """An lmms-lab/MME ``test`` split: two questions per image (answers "Yes" then "No").
+
+    ``question_id`` is the image's file name ``"<category>/<j>.png"`` as in the hub files and
+    each question ends with MME's " Please answer yes or no.". Returns the rows written.
+    """
+    rows = []
+    for c, category in enumerate(categories):
+        for j in range(images_per_category):
+            image = image_value(fixture_image(300 + 10 * c + j), f"{category}/{j}.png")
+            for answer in ("Yes", "No"):
+                rows.append(
+                    {
+                        "question_id": f"{category}/{j}.png",
+                        "image": image,
+                        "question": f"Is this picture {j} of {category} {answer.lower()}-like? Please answer yes or no.",
+                        "answer": answer,
+                        "category": category,
+                    }
+                )
+    write_split(data_dir, name, "data", "test", rows, MME_FEATURES, layout, org, n_shards)
+    return [dict(r, image=Image.open(io.BytesIO(r["image"]["bytes"]))) for r in rows]
+
+
+# ----------------------------------------------------------------------------- MMBench
+
+MMBENCH_FEATURES = datasets.Features(
+    {
+        "index": datasets.Value("int64"),
+        "question": datasets.Value("string"),
+        "hint": datasets.Value("string"),
+        "answer": datasets.Value("string"),
+        "A": datasets.Value("string"),
+        "B": datasets.Value("string"),
+        "C": datasets.Value("string"),
+        "D": datasets.Value("string"),
+        "category": datasets.Value("string"),
+        "image": datasets.Image(),
+        "source": datasets.Value("string"),
+        "L2-category": datasets.Value("string"),
+        "comment": datasets.Value("string"),
+        "split": datasets.Value("string"),
+    }
+)
+
+
+def write_mmbench(
+    data_dir: str | Path, n_questions: int = 3, layout: str = "org", org: str = DEFAULT_ORG, name: str = "MMBench"
+) -> list[dict[str, Any]]:
+    """lmms-lab/MMBench config ``en`` split ``dev`` with circular copies.
+
+    Question ``q`` (index ``q``) has options ``"red {q}", "green {q}", "blue {q}"`` (``D`` is
+    "nan", as in the files for three-option questions), answer ``A``; its rotated copies have
+    index ``q + k * 1_000_000`` (k = 1, 2) with the options rotated and the answer letter
+    following. Question 0 has a hint, the others ``None``. Categories alternate
+    ``"color"``/``"shape"``. Returns the rows written.
+    """
+    rows = []
+    for q in range(n_questions):
+        options = [f"red {q}", f"green {q}", f"blue {q}"]
+        image = image_value(fixture_image(400 + q), f"{q}.jpg")
+        for k in range(3):
+            rotated = options[k:] + options[:k]
+            rows.append(
+                {
+                    "index": q + k * 1_000_000,
+                    "question": f"Which colour is thing {q}?",
+                    "hint": "Look at the top left." if q == 0 else None,
+                    "answer": "ABC"[rotated.index(options[0])],
+                    "A": rotated[0],
+                    "B": rotated[1],
+                    "C": rotated[2],
+                    "D": "nan",
+                    "category": ("color", "shape")[q % 2],
+                    "image": image,
+                    "source": "fixture",
+                    "L2-category": "perception",
+                    "comment": None,
+                    "split": "dev",
+                }
+            )
+    write_split(data_dir, name, "en", "dev", rows, MMBENCH_FEATURES, layout, org)
+    return [dict(r, image=Image.open(io.BytesIO(r["image"]["bytes"]))) for r in rows]

@@ -1,0 +1,10 @@
+"""Pure metric functions of the benchmarks (no files, no models): parsing answers and scoring them.
+
+One module per benchmark family (`rec`, `pope`, `gqa`, `mme`, `mmbench`) plus `intervals`
+(Wilson and bootstrap 95 % intervals). Conventions where the benchmarks are silent are in
+docs/semantics.md under "Evaluation metrics".
+"""
+
+from reroute.eval.metrics.intervals import bootstrap, mean_interval, proportion, stratified_bootstrap, wilson
+
+__all__ = ["bootstrap", "mean_interval", "proportion", "stratified_bootstrap", "wilson"]

@@ -1,0 +1,111 @@
+"""Referring-expression comprehension (RefCOCO, RefCOCO+, RefCOCOg): box parsing, IoU, accuracies.
+
+Boxes are ``[x1, y1, x2, y2]``, normalised to the image (0..1). Conventions (see
+docs/semantics.md, "Evaluation metrics"):
+
+- parsing: the first ``[a, b, c, d]`` of four numbers in the answer, else the first
+  ``(a, b, c, d)``; nothing found means the answer is unparsed and scores as the box
+  ``[0, 0, 0, 0]`` (IoU 0, centre wrong). Qwen2.5-VL's JSON (``{"bbox_2d": [...]}``) parses
+  through the same rule.
+- pixels: if any parsed value is above 1 the box is in pixels and is divided by the frame's
+  width and height (the original image unless the caller gives the frame the model saw).
+- IoU: both boxes are clipped to the image ([0, 1]) first; a box with no area after
+  clipping (zero width, inverted corners, entirely outside) has IoU 0 with everything.
+- centre accuracy: the centre of the clipped predicted box lies inside the ground-truth box
+  (borders included); unparsed answers are wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from reroute.eval.metrics.intervals import mean_interval, proportion
+from reroute.eval.task import Metric
+
+Box = tuple[float, float, float, float]
+
+#: IoU thresholds reported as ``acc@t`` (``acc@0.5`` is the paper's metric)
+IOU_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
+UNPARSED_BOX: Box = (0.0, 0.0, 0.0, 0.0)
+
+_NUMBER = r"(-?\d+(?:\.\d+)?|-?\.\d+)"
+_SEP = r"\s*,\s*"
+_SQUARE = re.compile(r"\[\s*" + _SEP.join([_NUMBER] * 4) + r"\s*\]")
+_ROUND = re.compile(r"\(\s*" + _SEP.join([_NUMBER] * 4) + r"\s*\)")
+
+
+def parse_box(answer: str) -> Box | None:
+    """The first ``[a, b, c, d]`` in ``answer``, else the first ``(a, b, c, d)``, else None."""
+    for pattern in (_SQUARE, _ROUND):
+        match = pattern.search(answer or "")
+        if match:
+            return tuple(float(v) for v in match.groups())  # type: ignore[return-value]
+    return None
+
+
+def is_pixel_box(box: Sequence[float]) -> bool:
+    """A box with any coordinate above 1 is taken to be in pixels."""
+    return any(v > 1 for v in box)
+
+
+def normalize_box(box: Sequence[float], frame: tuple[int, int]) -> Box:
+    """``box`` in 0..1 units: pixel boxes are divided by ``frame = (width, height)``, others kept."""
+    if not is_pixel_box(box):
+        return tuple(float(v) for v in box)  # type: ignore[return-value]
+    w, h = frame
+    if w <= 0 or h <= 0:
+        raise ValueError(f"frame must have a positive width and height, got {frame}")
+    x1, y1, x2, y2 = box
+    return (x1 / w, y1 / h, x2 / w, y2 / h)
+
+
+def xywh_to_xyxy_normalized(bbox: Sequence[float], size: tuple[int, int]) -> Box:
+    """A COCO ``[x, y, w, h]`` pixel box as normalised ``[x1, y1, x2, y2]`` of an image of ``size = (W, H)``."""
+    x, y, w, h = bbox
+    width, height = size
+    return (x / width, y / height, (x + w) / width, (y + h) / height)
+
+
+def clip_box(box: Sequence[float]) -> Box:
+    """``box`` with every coordinate clipped to [0, 1]."""
+    return tuple(min(1.0, max(0.0, float(v))) for v in box)  # type: ignore[return-value]
+
+
+def box_area(box: Sequence[float]) -> float:
+    """Area of ``[x1, y1, x2, y2]``; zero when the corners are inverted."""
+    x1, y1, x2, y2 = box
+    return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+
+def iou(pred: Sequence[float], gt: Sequence[float]) -> float:
+    """Intersection over union of the two boxes after clipping both to [0, 1]; 0 when either has no area."""
+    a, b = clip_box(pred), clip_box(gt)
+    area_a, area_b = box_area(a), box_area(b)
+    if area_a == 0 or area_b == 0:
+        return 0.0
+    inter = box_area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    return inter / (area_a + area_b - inter)
+
+
+def center_inside(pred: Sequence[float], gt: Sequence[float]) -> bool:
+    """Whether the centre of the clipped ``pred`` lies in ``gt`` (borders included)."""
+    x1, y1, x2, y2 = clip_box(pred)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    return gt[0] <= cx <= gt[2] and gt[1] <= cy <= gt[3]
+
+
+def rec_metrics(predictions: Sequence[Sequence[float] | None], targets: Sequence[Sequence[float]]) -> dict[str, Metric]:
+    """Acc@t for each of `IOU_THRESHOLDS`, mean IoU, centre accuracy and the parsed fraction.
+
+    ``predictions``: normalised boxes, or None for an unparsed answer; ``targets``: the
+    normalised ground-truth boxes, one per expression.
+    """
+    if len(predictions) != len(targets):
+        raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets")
+    ious = [iou(p, t) if p is not None else 0.0 for p, t in zip(predictions, targets)]
+    metrics = {f"acc@{t}": proportion([v >= t for v in ious]) for t in IOU_THRESHOLDS}
+    metrics["miou"] = mean_interval(ious)
+    metrics["center_acc"] = proportion([p is not None and center_inside(p, t) for p, t in zip(predictions, targets)])
+    metrics["parsed"] = proportion([p is not None for p in predictions])
+    return metrics

@@ -1,0 +1,75 @@
+"""GQA testdev-balanced (lmms-lab/GQA): questions from one config, images from another, joined by image id."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reroute.eval.metrics.gqa import gqa_metrics, normalize_answer
+from reroute.eval.task import EvalSample, Metric
+from reroute.eval.tasks.common import SHORT_ANSWER_POST_PROMPT, RowImages, check_family, check_limit, check_unique
+from reroute.eval.tasks.files import DatasetFormatError, HubDataset, ParquetSplit, find_split
+
+GQA = HubDataset(("GQA",))
+QUESTIONS_CONFIG = "testdev_balanced_instructions"
+IMAGES_CONFIG = "testdev_balanced_images"
+
+
+@dataclass(frozen=True)
+class GqaTask:
+    """GQA's balanced test-dev questions, answered in a word or phrase and scored by exact match."""
+
+    name: str = "gqa"
+    dataset: HubDataset = GQA
+    split: str = "testdev"
+    family: str = "gqa"
+
+    @property
+    def dataset_id(self) -> str:
+        return self.dataset.dataset_id
+
+    def load(self, data_dir: str | Path, limit: int | None = None) -> list[EvalSample]:
+        check_limit(limit)
+        questions = ParquetSplit(find_split(data_dir, self.dataset, self.split, QUESTIONS_CONFIG), self.dataset_id)
+        images = ParquetSplit(find_split(data_dir, self.dataset, self.split, IMAGES_CONFIG), self.dataset_id)
+        rows = questions.columns(["id", "imageId", "question", "answer"])
+        image_row = {image_id: row for row, image_id in enumerate(images.columns(["id"])["id"])}
+        samples = []
+        for row in range(len(questions) if limit is None else min(limit, len(questions))):
+            image_id = rows["imageId"][row]
+            if image_id not in image_row:
+                raise DatasetFormatError(
+                    f"{self.dataset_id}: image {image_id!r} of question {rows['id'][row]!r} is not in the "
+                    f"{IMAGES_CONFIG} files; download that config's '{self.split}' split too"
+                )
+            samples.append(
+                EvalSample(
+                    task=self.name,
+                    id=str(rows["id"][row]),
+                    question=rows["question"][row],
+                    target=rows["answer"][row],
+                    meta={"image_id": image_id},
+                    load_images=RowImages(images, image_row[image_id]),
+                )
+            )
+        check_unique([s.id for s in samples], self.dataset_id)
+        return samples
+
+    def prompt(self, sample: EvalSample, model_family: str) -> str:
+        check_family(model_family)
+        if model_family == "demo":
+            return sample.question
+        return sample.question + SHORT_ANSWER_POST_PROMPT
+
+    def max_new_tokens(self) -> int:
+        return 16  # lmms-eval's GQA setting
+
+    def parse(self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None) -> dict[str, Any]:
+        """``answer``: the answer lower-cased, punctuation deleted, stripped."""
+        check_family(model_family)
+        return {"answer": normalize_answer(answer)}
+
+    def score(self, records: Sequence[dict[str, Any]]) -> dict[str, Metric]:
+        return gqa_metrics([r["prediction"]["answer"] for r in records], [r["target"] for r in records])

@@ -1,0 +1,99 @@
+"""MMBench English dev (lmms-lab/MMBench, config ``en``, split ``dev``), with circular evaluation.
+
+The prompt is lmms-eval's: the hint (when there is one), the question, "There are several
+options:" and one ``"A. ..."`` line per option, then the post-prompt asking for the letter.
+Answers are read without any API (`reroute.eval.metrics.mmbench.extract_choice`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reroute.eval.metrics.mmbench import LETTERS, circular_group, extract_choice, mmbench_metrics
+from reroute.eval.task import EvalSample, Metric
+from reroute.eval.tasks.common import RowImages, check_family, check_limit, check_unique
+from reroute.eval.tasks.files import HubDataset, ParquetSplit, find_split
+
+MMBENCH = HubDataset(("MMBench",))
+CONFIG = "en"
+OPTIONS_HEADER = "There are several options:"
+POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
+
+
+def _present(value: Any) -> bool:
+    """Whether a hint/option cell holds text (the files use None, NaN or the string "nan" for none)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return str(value).strip() not in ("", "nan")
+
+
+@dataclass(frozen=True)
+class MmbenchTask:
+    """MMBench-EN dev: every row (rotated copies included) is a sample; groups are scored circularly."""
+
+    name: str = "mmbench_en_dev"
+    dataset: HubDataset = MMBENCH
+    split: str = "dev"
+    family: str = "mmbench"
+
+    @property
+    def dataset_id(self) -> str:
+        return self.dataset.dataset_id
+
+    def load(self, data_dir: str | Path, limit: int | None = None) -> list[EvalSample]:
+        check_limit(limit)
+        table = ParquetSplit(find_split(data_dir, self.dataset, self.split, CONFIG), self.dataset_id)
+        names = ["index", "question", "hint", "answer", "category", *(c for c in "ABCD")]
+        optional = [c for c in ("E", "L2-category", "l2-category") if c in table.column_names()]
+        rows = table.columns(names + optional)
+        samples = []
+        for row in range(len(table) if limit is None else min(limit, len(table))):
+            index = int(rows["index"][row])
+            options = {c: str(rows[c][row]) for c in LETTERS if c in rows and _present(rows[c][row])}
+            hint = rows["hint"][row]
+            l2 = rows.get("L2-category", rows.get("l2-category", [None] * len(table)))[row]
+            samples.append(
+                EvalSample(
+                    task=self.name,
+                    id=str(index),
+                    question=rows["question"][row],
+                    target=rows["answer"][row],
+                    meta={
+                        "index": index,
+                        "group": circular_group(index),
+                        "options": options,
+                        "hint": str(hint) if _present(hint) else None,
+                        "category": rows["category"][row],
+                        "l2_category": l2,
+                    },
+                    load_images=RowImages(table, row),
+                )
+            )
+        check_unique([s.id for s in samples], self.dataset_id)
+        return samples
+
+    def prompt(self, sample: EvalSample, model_family: str) -> str:
+        check_family(model_family)
+        options = "\n".join([OPTIONS_HEADER, *(f"{k}. {v}" for k, v in sorted(sample.meta["options"].items()))])
+        parts = [sample.meta["hint"], sample.question, options] if sample.meta["hint"] else [sample.question, options]
+        return " ".join(parts) + POST_PROMPT
+
+    def max_new_tokens(self) -> int:
+        return 1024  # lmms-eval's MMBench setting; greedy answers stop at the end-of-sequence token
+
+    def parse(self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None) -> dict[str, Any]:
+        """``choice``: the option letter the answer picks, or None when it cannot be read."""
+        check_family(model_family)
+        return {"choice": extract_choice(answer, sample.meta["options"])}
+
+    def score(self, records: Sequence[dict[str, Any]]) -> dict[str, Metric]:
+        return mmbench_metrics(
+            [r["meta"]["index"] for r in records],
+            [r["prediction"]["choice"] is not None and r["prediction"]["choice"] == r["target"] for r in records],
+            [r["meta"]["category"] for r in records],
+        )
+

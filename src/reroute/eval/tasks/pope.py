@@ -1,0 +1,69 @@
+"""POPE (lmms-lab/POPE, split ``test``): yes/no object-existence questions in three categories."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reroute.eval.metrics.pope import pope_metrics, yes_no_label
+from reroute.eval.task import EvalSample, Metric
+from reroute.eval.tasks.common import SHORT_ANSWER_POST_PROMPT, RowImages, check_family, check_limit, check_unique
+from reroute.eval.tasks.files import HubDataset, ParquetSplit, find_split
+
+POPE = HubDataset(("POPE",))
+
+
+@dataclass(frozen=True)
+class PopeTask:
+    """Every POPE question the files hold (9,000 in lmms-lab/POPE); metrics pooled and per category."""
+
+    name: str = "pope"
+    dataset: HubDataset = POPE
+    split: str = "test"
+    family: str = "pope"
+
+    @property
+    def dataset_id(self) -> str:
+        return self.dataset.dataset_id
+
+    def load(self, data_dir: str | Path, limit: int | None = None) -> list[EvalSample]:
+        check_limit(limit)
+        table = ParquetSplit(find_split(data_dir, self.dataset, self.split), self.dataset_id)
+        rows = table.columns(["question_id", "question", "answer", "category", "image_source"])
+        samples = []
+        for row in range(len(table) if limit is None else min(limit, len(table))):
+            category = rows["category"][row]
+            samples.append(
+                EvalSample(
+                    task=self.name,
+                    # question ids restart in every category of the original POPE files
+                    id=f"{category}/{rows['question_id'][row]}",
+                    question=rows["question"][row].strip(),
+                    target=rows["answer"][row].strip().lower(),
+                    meta={"category": category, "image_source": rows["image_source"][row]},
+                    load_images=RowImages(table, row),
+                )
+            )
+        check_unique([s.id for s in samples], self.dataset_id)
+        return samples
+
+    def prompt(self, sample: EvalSample, model_family: str) -> str:
+        check_family(model_family)
+        if model_family == "demo":
+            return sample.question  # the demo model learned bare one-word questions
+        return sample.question + SHORT_ANSWER_POST_PROMPT
+
+    def max_new_tokens(self) -> int:
+        return 128  # lmms-eval's POPE setting
+
+    def parse(self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None) -> dict[str, Any]:
+        """``label``: "yes", "no" or "other" (first word, lower-cased, punctuation dropped)."""
+        check_family(model_family)
+        return {"label": yes_no_label(answer)}
+
+    def score(self, records: Sequence[dict[str, Any]]) -> dict[str, Metric]:
+        return pope_metrics(
+            [r["prediction"]["label"] for r in records], [r["target"] for r in records], [r["meta"]["category"] for r in records]
+        )
