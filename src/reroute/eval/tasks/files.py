@@ -183,6 +183,17 @@ class ParquetSplit:
     def __len__(self) -> int:
         return self.num_rows
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Samples travel to worker processes by pickle: send the file index, not the lock or cache.
+        state = self.__dict__.copy()
+        del state["_cache"], state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cache = OrderedDict()
+        self._lock = threading.Lock()
+
     def column_names(self) -> set[str]:
         """The columns every shard has."""
         return set.intersection(*(set(pq.ParquetFile(path).schema_arrow.names) for path in self.files))
