@@ -196,7 +196,9 @@ def write_refcoco(
         (fixture_image(i), [4 + 2 * i, 3 + i, 20, 12], [f"{split} object {i} phrase {k}" for k in range(1 + i % 3)])
         for i in range(n_objects)
     ]
-    return write_refcoco_rows(data_dir, rows, split=split, name=name, layout=layout, org=org, n_shards=n_shards, id_prefix=f"{split}-")
+    return write_refcoco_rows(
+        data_dir, rows, split=split, name=name, layout=layout, org=org, n_shards=n_shards, id_prefix=f"{split}-"
+    )
 
 
 # ----------------------------------------------------------------------------- POPE
@@ -269,7 +271,12 @@ GQA_IMAGE_FEATURES = datasets.Features({"id": datasets.Value("string"), "image":
 
 
 def write_gqa(
-    data_dir: str | Path, layout: str = "org", org: str = DEFAULT_ORG, n_images: int = 3, questions_per_image: int = 2, name: str = "GQA"
+    data_dir: str | Path,
+    layout: str = "org",
+    org: str = DEFAULT_ORG,
+    n_images: int = 3,
+    questions_per_image: int = 2,
+    name: str = "GQA",
 ) -> list[dict[str, Any]]:
     """lmms-lab/GQA's two test-dev configs: ``testdev_balanced_instructions`` and ``testdev_balanced_images``.
 

@@ -143,7 +143,10 @@ def test_unparsed_answer_is_wrong_for_centre_accuracy_even_at_the_origin():
 
 @pytest.mark.parametrize(
     ("answer", "label"),
-    [("yes", "yes"), ("Yes.", "yes"), (" YES, there is a dog.", "yes"), ("No", "no"), ("no.", "no"), ("There is no dog.", "other"), ("", "other"), ("Yesterday", "other")],
+    [
+        ("yes", "yes"), ("Yes.", "yes"), (" YES, there is a dog.", "yes"), ("No", "no"), ("no.", "no"),
+        ("There is no dog.", "other"), ("", "other"), ("Yesterday", "other"),
+    ],  # fmt: skip
 )
 def test_yes_no_label(answer, label):
     assert yes_no_label(answer) == label
@@ -188,7 +191,10 @@ def test_gqa_normalisation_and_exact_match():
 
 @pytest.mark.parametrize(
     ("answer", "label"),
-    [("Yes", "yes"), ("No.", "no"), ("y", "yes"), ("N", "no"), ("x", "other"), ("Yes, it is.", "yes"), ("Not really", "no"), ("The answer is yes", "other")],
+    [
+        ("Yes", "yes"), ("No.", "no"), ("y", "yes"), ("N", "no"), ("x", "other"), ("Yes, it is.", "yes"),
+        ("Not really", "no"), ("The answer is yes", "other"),
+    ],  # fmt: skip
 )
 def test_mme_label(answer, label):
     assert mme_label(answer) == label

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from eval_fixtures import (
     POPE_FEATURES,
+    fixture_image,
+    image_value,
     write_gqa,
     write_mmbench,
     write_mme,
@@ -17,14 +19,13 @@ from eval_fixtures import (
     write_refcoco,
     write_refcoco_rows,
     write_split,
-    fixture_image,
-    image_value,
 )
 from PIL import Image
 
 from reroute.demo.synthetic import GROUNDING_PREFIX
 from reroute.eval.task import MODEL_FAMILIES
 from reroute.eval.tasks import ALIASES, TASKS, UnknownTaskError, get_task
+from reroute.eval.tasks.common import SHORT_ANSWER_POST_PROMPT as POST
 from reroute.eval.tasks.files import DatasetFormatError, HubDataset, MissingSplitError, find_split
 
 
@@ -123,7 +124,9 @@ def test_rec_prompts_per_family(tmp_path):
         "All values are floating point numbers bounded between 0 and 1. Please provide the bounding box coordinate of "
         "the region this sentence describes: val object 0 phrase 0"
     )
-    assert task.prompt(sample, "qwen2_5_vl") == "Locate val object 0 phrase 0 in this image and output the bbox coordinates in JSON format."
+    assert task.prompt(sample, "qwen2_5_vl") == (
+        "Locate val object 0 phrase 0 in this image and output the bbox coordinates in JSON format."
+    )
     assert task.prompt(sample, "demo") == f"{GROUNDING_PREFIX} val object 0 phrase 0."
 
 
@@ -219,7 +222,8 @@ def test_missing_gqa_images_config_names_its_pattern(tmp_path):
 def test_file_without_the_tasks_columns(tmp_path):
     write_refcoco(tmp_path, name="POPE", split="test", n_shards=1)  # REC columns where POPE is expected
     (path,) = (tmp_path / "lmms-lab" / "POPE" / "data").glob("*.parquet")
-    with pytest.raises(DatasetFormatError, match=rf"^{re.escape(str(path))} has no column\(s\) category, image_source: it is not a lmms-lab/POPE file \(columns: "):
+    expected = f"{path} has no column(s) category, image_source: it is not a lmms-lab/POPE file (columns: "
+    with pytest.raises(DatasetFormatError, match=f"^{re.escape(expected)}"):
         get_task("pope").load(tmp_path)
 
 
@@ -249,7 +253,8 @@ def test_pope_loads_every_category_with_images(tmp_path):
     assert samples[0].id == "adversarial/1"
     for s, r in zip(samples, rows):
         assert np.array_equal(pixels(s.load_images()[0]), pixels(r["image"]))
-    assert task.prompt(samples[0], "llava") == "Is there a dog in the image?\nAnswer the question using a single word or phrase."
+    assert POST == "\nAnswer the question using a single word or phrase."  # lmms-eval's post-prompt
+    assert task.prompt(samples[0], "llava") == "Is there a dog in the image?" + POST
     assert task.prompt(samples[0], "qwen2_5_vl") == task.prompt(samples[0], "llava")
     assert task.prompt(samples[0], "demo") == "Is there a dog in the image?"
 
@@ -278,7 +283,7 @@ def test_gqa_joins_images_by_image_id(tmp_path):
     for s, r in zip(samples, rows):
         assert s.meta["image_id"] == r["imageId"]
         assert np.array_equal(pixels(s.load_images()[0]), pixels(r["image"]))
-    assert task.prompt(samples[0], "llava") == "What is in region 0 of image 0?\nAnswer the question using a single word or phrase."
+    assert task.prompt(samples[0], "llava") == "What is in region 0 of image 0?" + POST
     answers = [f"Thing{r['id'][2]}{r['id'][3]}." for r in rows]
     answers[1] = "something"
     assert task.score(records(task, samples, answers))["accuracy"].value == pytest.approx(5 / 6)
@@ -294,7 +299,7 @@ def test_mme_pairs_prompt_and_scores(tmp_path):
     assert len(samples) == 8 and len({s.id for s in samples}) == 8
     assert [s.id for s in samples[:2]] == ["existence/existence/0.png#0", "existence/existence/0.png#1"]
     assert [s.target for s in samples[:2]] == ["yes", "no"]
-    assert task.prompt(samples[0], "llava") == "Is this picture 0 of existence yes-like?\nAnswer the question using a single word or phrase."
+    assert task.prompt(samples[0], "llava") == "Is this picture 0 of existence yes-like?" + POST
     assert np.array_equal(pixels(samples[3].load_images()[0]), pixels(rows[3]["image"]))
     # existence: image 0 both right, image 1 one right; code_reasoning: all right
     answers = ["Yes", "No", "Yes", "Yes", "yes", "no", "Yes.", "No."]

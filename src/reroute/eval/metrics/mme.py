@@ -48,45 +48,35 @@ def mme_metrics(categories: Sequence[str], image_ids: Sequence[str], correct: Se
     """
     if not len(categories) == len(image_ids) == len(correct):
         raise ValueError("categories, image_ids and correct must have the same length")
-    # one unit per (category, image): the fraction of its questions answered right and whether all were
+    # One unit per (category, image): the fraction of its questions answered right, and whether all were.
     units: dict[tuple[str, str], list[bool]] = {}
     for category, image, ok in zip(categories, image_ids, correct):
         units.setdefault((category, image), []).append(bool(ok))
-    keys = list(units)
-    unit_category = np.array([c for c, _ in keys], dtype=object)
-    unit_acc = np.array([np.mean(units[k]) for k in keys], dtype=float)
-    unit_plus = np.array([all(units[k]) for k in keys], dtype=float)
+    unit_category = np.array([c for c, _ in units], dtype=object)
+    unit_acc = np.array([np.mean(v) for v in units.values()], dtype=float)
+    unit_plus = np.array([all(v) for v in units.values()], dtype=float)
+
+    def summed_score(units_idx: np.ndarray, wanted: Sequence[str]) -> float:
+        """Sum over ``wanted`` categories of (mean acc + mean acc+) * 100 over the given units."""
+        cats = unit_category[units_idx]
+        return float(
+            sum((unit_acc[units_idx][cats == c].mean() + unit_plus[units_idx][cats == c].mean()) * 100 for c in wanted)
+        )
 
     metrics: dict[str, Metric] = {}
-    present = list(dict.fromkeys(unit_category.tolist()))
-    for category in sorted(present):
-        rows = [i for i, c in enumerate(categories) if c == category]
-        sel = np.flatnonzero(unit_category == category)
-        metrics[f"{category}/acc"] = proportion([bool(correct[i]) for i in rows])
-        metrics[f"{category}/acc_plus"] = proportion(unit_plus[sel].astype(bool).tolist())
-        metrics[f"{category}/score"] = _category_score(unit_acc[sel], unit_plus[sel])
-
-    def total(group: Sequence[str]) -> Metric | None:
-        wanted = [c for c in present if c in group]
-        if not wanted:
-            return None
-        mask = np.isin(unit_category, wanted)
-        idx_all = np.flatnonzero(mask)
-        cats = unit_category[idx_all]
-
-        def summed(idx: np.ndarray) -> float:
-            picked = idx_all[idx]
-            return float(sum((unit_acc[picked][cats[idx] == c].mean() + unit_plus[picked][cats[idx] == c].mean()) * 100 for c in wanted))
-
-        return stratified_bootstrap(summed, cats.tolist())
-
+    present = sorted(set(unit_category.tolist()))
+    for category in present:
+        mine = np.flatnonzero(unit_category == category)
+        metrics[f"{category}/acc"] = proportion([ok for c, ok in zip(categories, correct) if c == category])
+        metrics[f"{category}/acc_plus"] = proportion(unit_plus[mine].astype(bool).tolist())
+        metrics[f"{category}/score"] = stratified_bootstrap(
+            lambda idx, m=mine, c=category: summed_score(m[idx], [c]), [category] * len(mine)
+        )
     for name, group in (("perception", PERCEPTION), ("cognition", COGNITION)):
-        result = total(group)
-        if result is not None:
-            metrics[name] = result
+        wanted = [c for c in present if c in group]
+        if wanted:
+            mine = np.flatnonzero(np.isin(unit_category, wanted))
+            metrics[name] = stratified_bootstrap(
+                lambda idx, m=mine, w=wanted: summed_score(m[idx], w), unit_category[mine].tolist()
+            )
     return metrics
-
-
-def _category_score(acc: np.ndarray, plus: np.ndarray) -> Metric:
-    """(mean acc + mean acc+) * 100 over one category's images, bootstrapped over those images."""
-    return stratified_bootstrap(lambda idx: float((acc[idx].mean() + plus[idx].mean()) * 100), [0] * len(acc))

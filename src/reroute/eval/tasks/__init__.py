@@ -50,7 +50,10 @@ def get_task(name: str) -> Task:
     """The task called ``name`` (or its lmms-eval alias); one-line `UnknownTaskError` listing the valid names."""
     key = ALIASES.get(name, name)
     if key not in TASKS:
-        raise UnknownTaskError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)} (lmms-eval names such as refcoco_bbox_rec_val also work)")
+        raise UnknownTaskError(
+            f"unknown task {name!r}; valid tasks: {', '.join(TASKS)} "
+            "(lmms-eval names such as refcoco_bbox_rec_val also work)"
+        )
     return TASKS[key]
 
 

@@ -30,7 +30,9 @@ def check_unique(ids: Sequence[str], dataset_id: str) -> None:
     """One-line ValueError when sample ids repeat (the files are not what the task expects)."""
     repeated = [i for i, n in Counter(ids).items() if n > 1]
     if repeated:
-        raise ValueError(f"{dataset_id}: {len(repeated)} sample id(s) repeat (first: {repeated[0]!r}); the files do not match the task")
+        raise ValueError(
+            f"{dataset_id}: {len(repeated)} sample id(s) repeat (first: {repeated[0]!r}); the files do not match the task"
+        )
 
 
 class RowImages:

@@ -66,7 +66,9 @@ class GqaTask:
     def max_new_tokens(self) -> int:
         return 16  # lmms-eval's GQA setting
 
-    def parse(self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None) -> dict[str, Any]:
+    def parse(
+        self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
         """``answer``: the answer lower-cased, punctuation deleted, stripped."""
         check_family(model_family)
         return {"answer": normalize_answer(answer)}

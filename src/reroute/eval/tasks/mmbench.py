@@ -85,7 +85,9 @@ class MmbenchTask:
     def max_new_tokens(self) -> int:
         return 1024  # lmms-eval's MMBench setting; greedy answers stop at the end-of-sequence token
 
-    def parse(self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None) -> dict[str, Any]:
+    def parse(
+        self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
         """``choice``: the option letter the answer picks, or None when it cannot be read."""
         check_family(model_family)
         return {"choice": extract_choice(answer, sample.meta["options"])}

@@ -62,7 +62,9 @@ class MmeTask:
     def max_new_tokens(self) -> int:
         return 16  # lmms-eval's MME setting
 
-    def parse(self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None) -> dict[str, Any]:
+    def parse(
+        self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
         """``label``: "yes", "no" or "other", read as lmms-eval reads MME answers."""
         check_family(model_family)
         return {"label": mme_label(answer)}

@@ -58,12 +58,16 @@ class PopeTask:
     def max_new_tokens(self) -> int:
         return 128  # lmms-eval's POPE setting
 
-    def parse(self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None) -> dict[str, Any]:
+    def parse(
+        self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
         """``label``: "yes", "no" or "other" (first word, lower-cased, punctuation dropped)."""
         check_family(model_family)
         return {"label": yes_no_label(answer)}
 
     def score(self, records: Sequence[dict[str, Any]]) -> dict[str, Metric]:
         return pope_metrics(
-            [r["prediction"]["label"] for r in records], [r["target"] for r in records], [r["meta"]["category"] for r in records]
+            [r["prediction"]["label"] for r in records],
+            [r["target"] for r in records],
+            [r["meta"]["category"] for r in records],
         )

@@ -63,7 +63,11 @@ class RecTask:
                         id=f"{question_id}/{k}",
                         question=expression,
                         target=target,
-                        meta={"image_size": list(size), "question_id": str(question_id), "bbox_xywh": [float(v) for v in bbox]},
+                        meta={
+                            "image_size": list(size),
+                            "question_id": str(question_id),
+                            "bbox_xywh": [float(v) for v in bbox],
+                        },
                         load_images=RowImages(table, row),
                     )
                 )
@@ -82,7 +86,9 @@ class RecTask:
     def max_new_tokens(self) -> int:
         return 128  # room for Qwen2.5-VL's JSON answer with its label
 
-    def parse(self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None) -> dict[str, Any]:
+    def parse(
+        self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
         """``box``: the normalised predicted box, or None when the answer holds no box.
 
         Pixel boxes (any value above 1) are divided by ``frame`` (width, height), or by the
