@@ -206,6 +206,17 @@ def test_missing_split_message(tmp_path):
         get_task("refcoco_testA").load(tmp_path)
 
 
+def test_missing_data_folder_message(tmp_path):
+    missing = tmp_path / "nowhere"
+    expected = (
+        f"data folder {missing} does not exist (it holds the downloaded benchmarks, see docs/evaluation-data.md); "
+        f"download this split with: hf download lmms-lab/POPE --repo-type dataset --include 'data/test-*' "
+        f"--local-dir {missing}/lmms-lab/POPE"
+    )
+    with pytest.raises(MissingSplitError, match=f"^{re.escape(expected)}$"):
+        get_task("pope").load(missing)
+
+
 def test_missing_gqa_images_config_names_its_pattern(tmp_path):
     write_gqa(tmp_path)
     shutil.rmtree(tmp_path / "lmms-lab" / "GQA" / "testdev_balanced_images")

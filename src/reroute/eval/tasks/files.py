@@ -141,6 +141,11 @@ def find_split(data_dir: str | Path, dataset: HubDataset, split: str, config: st
     Raises `MissingSplitError` (one line: the pattern looked for and the download command)
     when no layout holds the split.
     """
+    if not Path(data_dir).is_dir():
+        raise MissingSplitError(
+            f"data folder {data_dir} does not exist (it holds the downloaded benchmarks, see docs/evaluation-data.md); "
+            f"download this split with: {download_command(dataset, config, split, data_dir)}"
+        )
     for root in candidate_roots(data_dir, dataset):
         files = _split_files(root, config, split)
         if files:
