@@ -54,6 +54,7 @@ class UserError(Exception):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from reroute.budget import PRESETS
 
+    one_line_errors(parser)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("--model", required=True, help="Hugging Face Hub id or local folder of a saved model")
@@ -79,22 +80,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` report a bad command line as one line (argparse prints the usage first)."""
+
+    def error(message: str) -> None:
+        print(f"{parser.prog}: error: {message} (see {parser.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+    parser.error = error  # type: ignore[method-assign]
+
+
 # ---------------------------------------------------------------------------------- checks
 
 
 def parse_tasks(text: str) -> list[Any]:
-    """The registered tasks named in ``text`` (comma-separated)."""
-    from reroute.eval.tasks import TASKS, get_task
+    """The registered tasks named in ``text`` (comma-separated; lmms-eval aliases accepted)."""
+    from reroute.eval.tasks import UnknownTaskError, get_task
 
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise UserError("--tasks is empty: name at least one task, e.g. --tasks refcoco_val,pope")
-    for name in names:
-        if name not in TASKS:
-            raise UserError(f"unknown task {name!r}: use one of {', '.join(TASKS)}")
-    if len(set(names)) != len(names):
+    try:
+        tasks = [get_task(name) for name in names]
+    except UnknownTaskError as error:
+        raise UserError(str(error)) from None
+    if len({task.name for task in tasks}) != len(tasks):
         raise UserError(f"--tasks names a task twice: {text}")
-    return [get_task(name) for name in names]
+    return tasks
 
 
 def load_samples(tasks: Sequence[Any], data_dir: str, limit: int | None) -> list[tuple[Any, list[Any]]]:
@@ -148,6 +160,11 @@ def check_method(args: argparse.Namespace) -> None:
         raise UserError(f"--preset {args.preset} needs --tier (the paper's tiers are 192, 128, 64)")
     if not args.tier > 0:
         raise UserError(f"--tier must be > 0, got {args.tier:g}")
+    from reroute.budget import PAPER_TIERS
+
+    if args.ratios == "paper" and args.tier not in PAPER_TIERS:
+        tiers = ", ".join(str(t) for t in PAPER_TIERS)
+        raise UserError(f"--ratios paper has published ratios for tiers {tiers} only, got --tier {args.tier:g}; use --ratios solved")
 
 
 def resolve_dtype(name: str) -> Any:

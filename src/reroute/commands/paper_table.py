@@ -26,6 +26,7 @@ TABLE_TIERS: tuple[int, ...] = (192, 128, 64)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    eval_command.one_line_errors(parser)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = eval_command.EPILOG
     parser.add_argument("--model", required=True, help="Hugging Face Hub id or local folder of a saved model")

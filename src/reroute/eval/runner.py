@@ -18,6 +18,7 @@ from the routing trace of its batch: visual_per_layer and avg_T.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,8 @@ from reroute.eval.shard import Shard
 from reroute.eval.task import EvalSample, Metric, Task
 
 REC_FRAMES: tuple[str, ...] = ("original", "resized")
+#: the metric tables show for a task family (the papers' choices), unless the task names its own
+HEADLINES: dict[str, str] = {"rec": "acc@0.5", "pope": "f1"}
 
 
 @dataclass(frozen=True)
@@ -271,6 +274,14 @@ def versions() -> dict[str, str]:
     return {"reroute": reroute.__version__, "transformers": transformers.__version__, "torch": torch.__version__}
 
 
+def headline(task: Task, metrics: dict[str, Metric]) -> str | None:
+    """The task's own ``headline`` attribute, else `HEADLINES` of its family, else its first metric."""
+    for name in (getattr(task, "headline", None), HEADLINES.get(task.family)):
+        if name in metrics:
+            return name
+    return next(iter(metrics), None)
+
+
 def summarize(task: Task, records: Sequence[dict[str, Any]], run: EvalRun, model: Any) -> dict[str, Any]:
     """One task's summary: metrics with 95 % intervals, realised avg_T and cost relative to vanilla."""
     metrics = task.score(records)
@@ -278,7 +289,8 @@ def summarize(task: Task, records: Sequence[dict[str, Any]], run: EvalRun, model
         "task": task.name,
         "n": len(records),
         "metrics": {name: metric_dict(metric) for name, metric in metrics.items()},
-        "headline": next(iter(metrics), None),
+        # the metric a table shows: the task's own choice when it names one, else its first
+        "headline": headline(task, metrics),
         "avg_T": statistics.fmean(r["avg_T"] for r in records) if records else float("nan"),
         "num_visual": statistics.fmean(r["num_visual"] for r in records) if records else float("nan"),
         **realised_cost(records, model),
@@ -298,30 +310,46 @@ def run_summary(run: EvalRun, task_summaries: dict[str, dict[str, Any]], num_lay
 
 
 def _fmt(metric: dict[str, Any]) -> str:
+    if metric["value"] is None:
+        return "-"
     return f"{metric['value']:.4f} [{metric['low']:.4f}, {metric['high']:.4f}]"
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """summary.md: the run's identity and one row per (task, metric)."""
+    """summary.md: the run's identity, one headline row per task, then every metric."""
     config = summary["config"]
     lines = [
         f"# {summary['run']}",
         "",
         f"- model: `{summary['model']}` (family {summary['family']}, {summary['num_layers']} decoder layers)",
-        f"- routing: {'vanilla' if config is None else '`' + str(config) + '`'}",
+        f"- routing: {'vanilla' if config is None else '`' + json.dumps(config) + '`'}",
         f"- REC frame: {summary['rec_frame']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()),
         "",
-        "| task | metric | value [95% CI] | n | avg_T | FLOPs rel | KV rel |",
+        "| task | n | headline | value [95% CI] | avg_T | FLOPs rel | KV rel |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, task in summary["tasks"].items():
-        for metric_name, metric in task["metrics"].items():
-            lines.append(
-                f"| {name} | {metric_name} | {_fmt(metric)} | {metric['n']} | {task['avg_T']:.1f} | "
-                f"{task['flops_paper_rel']:.3f} | {task['kv_rel']:.3f} |"
-            )
+        head = task["headline"]
+        lines.append(
+            f"| {name} | {task['n']} | {head} | {_fmt(task['metrics'][head])} | {task['avg_T']:.1f} | "
+            f"{task['flops_paper_rel']:.3f} | {task['kv_rel']:.3f} |"
+        )
+    for name, task in summary["tasks"].items():
+        lines += ["", f"## {name}", "", "| metric | value [95% CI] | n |", "|---|---|---|"]
+        lines += [f"| {m} | {_fmt(v)} | {v['n']} |" for m, v in task["metrics"].items()]
     return "\n".join(lines) + "\n"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None (strict JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------------------- whole runs
@@ -374,7 +402,7 @@ def evaluate(
     previous_path = run_dir / "summary.json"
     previous = json.loads(previous_path.read_text())["tasks"] if previous_path.exists() else {}
     merged = {**{k: v for k, v in previous.items() if k not in summaries}, **summaries}
-    summary = run_summary(run, merged, decoder_dims(model).num_layers)
+    summary = json_safe(run_summary(run, merged, decoder_dims(model).num_layers))
     previous_path.write_text(json.dumps(summary, indent=2) + "\n")
     (run_dir / "summary.md").write_text(format_summary(summary))
     return summary
