@@ -1,8 +1,8 @@
 """Evaluation on local benchmark files: tasks (datasets, prompts, metrics) and the runner.
 
 The contract between benchmarks and the runner lives in `reroute.eval.task`; the runner's
-names (`evaluate`, `EvalRun`, ...) are imported on first use so that reading a task does not
-load torch.
+names (`evaluate`, `EvalRun`, ...) are imported on first use, so that task and metric modules
+import the contract without loading the runner, its families and tqdm.
 """
 
 from __future__ import annotations
