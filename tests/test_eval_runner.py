@@ -326,3 +326,37 @@ def test_qwen_frame_is_given_to_parse_only_when_asked(tmp_path):
     assert out["original"]["prediction"]["box"] == pytest.approx([8 / 64, 4 / 48, 24 / 64, 20 / 48])
     w, h = resized
     assert out["resized"]["prediction"]["box"] == pytest.approx([8 / w, 4 / h, 24 / w, 20 / h])
+
+
+def test_crashed_rank_partial_file_is_resumed_by_one_process(demo, demo_data, tmp_path):
+    """Rank 1 of 2 dies after 2 samples (its partial file stays); one process finishes the run identically."""
+    from reroute.eval.runner import partial_path
+    from reroute.eval.shard import Shard
+
+    model, processor = demo
+    data_dir, _ = demo_data
+    config = routed_128(model)
+    task = get_task("refcoco_val")
+    samples = task.load(data_dir, limit=6)
+    full = run_rec(model, processor, data_dir, tmp_path / "full", config, limit=6)
+
+    run = EvalRun("run", config, "demo", "demo", batch_size=4)
+    done = []
+
+    def die_after_two(record):
+        done.append(record["id"])
+        if len(done) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_task(model, processor, task, samples, run, tmp_path / "crash" / "run", shard=Shard(rank=1, world=2),
+                      progress=False, on_record=die_after_two)
+    partial = partial_path(tmp_path / "crash" / "run", "refcoco_val", 1)
+    assert done == ["val-1/0", "val-3/0"] and [r["id"] for r in read_records(partial)] == done
+
+    resumed = []
+    summary = run_rec(model, processor, data_dir, tmp_path / "crash", config, limit=6, on_record=lambda r: resumed.append(r["id"]))
+    assert resumed == ["val-0/0", "val-2/0", "val-4/0", "val-5/0"]
+    assert not partial.exists()
+    assert (tmp_path / "crash/run/refcoco_val.jsonl").read_bytes() == (tmp_path / "full/run/refcoco_val.jsonl").read_bytes()
+    assert summary == full
