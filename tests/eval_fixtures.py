@@ -11,6 +11,11 @@ chooses where the dataset's repository lands under ``data_dir``:
 - ``"hf_cache"``: ``<data_dir>/datasets--<org>--<Name>/snapshots/<rev>/...``, files being
   symlinks into ``../../blobs`` as in the hub cache.
 
+Writers: `write_refcoco` (RefCOCO / RefCOCO+ / RefCOCOg, any split), `write_refcoco_rows`
+(a RefCOCO-layout split from given ``(image, bbox_xywh, expressions)`` rows), `write_pope`,
+`write_gqa` (both test-dev configs), `write_mme`, `write_mmbench` (``en`` dev with circular
+copies); `write_split` writes any rows with given features.
+
 Each writer returns the rows it wrote (dicts with the dataset's columns; images as PIL), so a
 test can compute what a loader must produce. Images are small, deterministic and distinct.
 """

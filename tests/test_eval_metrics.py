@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reroute.eval.metrics.gqa import exact_match, gqa_metrics, normalize_answer
-from reroute.eval.metrics.intervals import bootstrap, mean_interval, proportion, stratified_bootstrap, wilson
+from reroute.eval.metrics.intervals import bootstrap, from_draws, mean_interval, proportion, wilson
 from reroute.eval.metrics.mmbench import circular_group, extract_choice, mmbench_metrics
 from reroute.eval.metrics.mme import COGNITION, PERCEPTION, mme_label, mme_metrics
 from reroute.eval.metrics.pope import binary_metrics, pope_metrics, yes_no_label
@@ -57,16 +57,11 @@ def test_bootstrap_of_a_constant_has_no_width():
     assert (m.value, m.low, m.high, m.n) == (3.0, 3.0, 3.0, 7)
 
 
-def test_stratified_bootstrap_keeps_every_stratum_in_every_resample():
-    strata = ["a"] * 5 + ["b"] * 3
-    seen = []
-
-    def statistic(idx):
-        seen.append(sorted(strata[i] for i in idx))
-        return 0.0
-
-    stratified_bootstrap(statistic, strata, resamples=20)
-    assert all(s == ["a"] * 5 + ["b"] * 3 for s in seen)
+def test_interval_from_draws_widens_to_include_the_value():
+    m = from_draws(5.0, np.arange(100, dtype=float), 10)
+    assert (m.value, m.n) == (5.0, 10)
+    assert m.low == pytest.approx(2.475) and m.high == pytest.approx(96.525)
+    assert from_draws(0.0, [1.0, 2.0, 3.0], 3).low == 0.0
 
 
 # ----------------------------------------------------------------------------- REC
@@ -222,6 +217,20 @@ def test_mme_perfect_answers_reach_2000_and_800():
     m = mme_metrics(categories, images, [True] * len(categories))
     assert m["perception"].value == pytest.approx(2000.0) and m["cognition"].value == pytest.approx(800.0)
     assert m["perception"].low == m["perception"].high == pytest.approx(2000.0)
+
+
+def test_mme_sum_interval_is_seeded_and_wider_than_each_category():
+    rng = np.random.default_rng(3)
+    categories = [c for c in ("existence", "count", "OCR") for _ in range(40)]
+    images = [f"{c}/{i // 2}" for c, i in zip(categories, list(range(40)) * 3)]
+    correct = (rng.random(len(categories)) < 0.7).tolist()
+    m = mme_metrics(categories, images, correct)
+    assert m == mme_metrics(categories, images, correct)
+    assert m["perception"].value == pytest.approx(sum(m[f"{c}/score"].value for c in ("existence", "count", "OCR")))
+    assert m["perception"].n == 60
+    width = m["perception"].high - m["perception"].low
+    assert all(width > m[f"{c}/score"].high - m[f"{c}/score"].low for c in ("existence", "count", "OCR"))
+    assert m["perception"].low < m["perception"].value < m["perception"].high
 
 
 # ----------------------------------------------------------------------------- MMBench

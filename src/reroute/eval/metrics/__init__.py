@@ -5,6 +5,6 @@ One module per benchmark family (`rec`, `pope`, `gqa`, `mme`, `mmbench`) plus `i
 docs/semantics.md under "Evaluation metrics".
 """
 
-from reroute.eval.metrics.intervals import bootstrap, mean_interval, proportion, stratified_bootstrap, wilson
+from reroute.eval.metrics.intervals import bootstrap, from_draws, mean_interval, proportion, wilson
 
-__all__ = ["bootstrap", "mean_interval", "proportion", "stratified_bootstrap", "wilson"]
+__all__ = ["bootstrap", "from_draws", "mean_interval", "proportion", "wilson"]

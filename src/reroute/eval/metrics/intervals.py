@@ -61,11 +61,15 @@ def bootstrap(
     """
     if n == 0:
         return empty_metric()
-    value = float(statistic(np.arange(n)))
     rng = np.random.default_rng(seed)
-    draws = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(resamples)], dtype=float)
+    draws = [statistic(rng.integers(0, n, size=n)) for _ in range(resamples)]
+    return from_draws(float(statistic(np.arange(n))), draws, n, level)
+
+
+def from_draws(value: float, draws: Sequence[float] | np.ndarray, n: int, level: float = 0.95) -> Metric:
+    """A `Metric` of ``value`` whose interval is the central ``level`` of bootstrap ``draws``."""
     tail = (1 - level) / 2 * 100
-    low, high = np.nanpercentile(draws, [tail, 100 - tail])
+    low, high = np.nanpercentile(np.asarray(draws, dtype=float), [tail, 100 - tail])
     # A percentile interval of a skewed statistic can miss the full-sample value by a hair;
     # widen it to include the value so that low <= value <= high always holds in reports.
     return Metric(value, float(min(low, value)), float(max(high, value)), n)
@@ -76,29 +80,3 @@ def mean_interval(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
     array = np.asarray(values, dtype=float)
     return bootstrap(lambda idx: float(array[idx].mean()), len(array), resamples, seed)
 
-
-def stratified_bootstrap(
-    statistic: Callable[[np.ndarray], float],
-    strata: Sequence[object],
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-    level: float = 0.95,
-) -> Metric:
-    """Like `bootstrap`, but each resample draws every stratum's units from that stratum only.
-
-    For statistics that add per-group figures (MME sums per-category scores): every group
-    keeps its size in every resample, so no group goes missing from a resample.
-    """
-    n = len(strata)
-    if n == 0:
-        return empty_metric()
-    groups = [np.flatnonzero(np.array([s == key for s in strata])) for key in dict.fromkeys(strata)]
-    value = float(statistic(np.arange(n)))
-    rng = np.random.default_rng(seed)
-    draws = np.array(
-        [statistic(np.concatenate([g[rng.integers(0, len(g), size=len(g))] for g in groups])) for _ in range(resamples)],
-        dtype=float,
-    )
-    tail = (1 - level) / 2 * 100
-    low, high = np.nanpercentile(draws, [tail, 100 - tail])
-    return Metric(value, float(min(low, value)), float(max(high, value)), n)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from reroute.eval.metrics.intervals import proportion, stratified_bootstrap
+from reroute.eval.metrics.intervals import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, from_draws, proportion
 from reroute.eval.task import Metric
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
@@ -39,12 +39,19 @@ def mme_label(answer: str) -> str:
     return "other"
 
 
-def mme_metrics(categories: Sequence[str], image_ids: Sequence[str], correct: Sequence[bool]) -> dict[str, Metric]:
+def mme_metrics(
+    categories: Sequence[str],
+    image_ids: Sequence[str],
+    correct: Sequence[bool],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, Metric]:
     """Per category ``<c>/acc``, ``<c>/acc_plus`` and ``<c>/score``; ``perception`` and ``cognition`` sums.
 
     One entry per question: its category, the image it asks about (the pair key) and whether
-    it was answered right. Sums cover the categories present; their intervals come from a
-    bootstrap over images, stratified by category.
+    it was answered right. Sums cover the categories present. Score intervals come from a
+    bootstrap over images stratified by category: each resample redraws every category's
+    images from that category, so a sum's resample is the sum of its categories' resamples.
     """
     if not len(categories) == len(image_ids) == len(correct):
         raise ValueError("categories, image_ids and correct must have the same length")
@@ -52,31 +59,26 @@ def mme_metrics(categories: Sequence[str], image_ids: Sequence[str], correct: Se
     units: dict[tuple[str, str], list[bool]] = {}
     for category, image, ok in zip(categories, image_ids, correct):
         units.setdefault((category, image), []).append(bool(ok))
-    unit_category = np.array([c for c, _ in units], dtype=object)
-    unit_acc = np.array([np.mean(v) for v in units.values()], dtype=float)
-    unit_plus = np.array([all(v) for v in units.values()], dtype=float)
-
-    def summed_score(units_idx: np.ndarray, wanted: Sequence[str]) -> float:
-        """Sum over ``wanted`` categories of (mean acc + mean acc+) * 100 over the given units."""
-        cats = unit_category[units_idx]
-        return float(
-            sum((unit_acc[units_idx][cats == c].mean() + unit_plus[units_idx][cats == c].mean()) * 100 for c in wanted)
-        )
-
+    present = sorted({c for c, _ in units})
+    rng = np.random.default_rng(seed)
     metrics: dict[str, Metric] = {}
-    present = sorted(set(unit_category.tolist()))
+    scores: dict[str, tuple[float, np.ndarray, int]] = {}  # category -> (score, bootstrap draws, images)
     for category in present:
-        mine = np.flatnonzero(unit_category == category)
+        answers = [v for (c, _), v in units.items() if c == category]
+        acc = np.array([np.mean(v) for v in answers])
+        plus = np.array([all(v) for v in answers], dtype=float)
+        resampled = rng.integers(0, len(answers), size=(resamples, len(answers)))
+        draws = (acc[resampled].mean(axis=1) + plus[resampled].mean(axis=1)) * 100
+        scores[category] = ((acc.mean() + plus.mean()) * 100, draws, len(answers))
         metrics[f"{category}/acc"] = proportion([ok for c, ok in zip(categories, correct) if c == category])
-        metrics[f"{category}/acc_plus"] = proportion(unit_plus[mine].astype(bool).tolist())
-        metrics[f"{category}/score"] = stratified_bootstrap(
-            lambda idx, m=mine, c=category: summed_score(m[idx], [c]), [category] * len(mine)
-        )
+        metrics[f"{category}/acc_plus"] = proportion(plus.astype(bool).tolist())
+        metrics[f"{category}/score"] = from_draws(float(scores[category][0]), draws, len(answers))
     for name, group in (("perception", PERCEPTION), ("cognition", COGNITION)):
         wanted = [c for c in present if c in group]
         if wanted:
-            mine = np.flatnonzero(np.isin(unit_category, wanted))
-            metrics[name] = stratified_bootstrap(
-                lambda idx, m=mine, w=wanted: summed_score(m[idx], w), unit_category[mine].tolist()
+            metrics[name] = from_draws(
+                float(sum(scores[c][0] for c in wanted)),
+                np.sum([scores[c][1] for c in wanted], axis=0),
+                sum(scores[c][2] for c in wanted),
             )
     return metrics
