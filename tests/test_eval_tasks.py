@@ -54,6 +54,9 @@ def test_registry_names_and_lmms_eval_aliases():
     ]  # fmt: skip
     for name, task in TASKS.items():
         assert task.name == name and get_task(name) is task
+    assert {t.family: t.headline for t in TASKS.values()} == {
+        "rec": "acc@0.5", "pope": "f1", "gqa": "accuracy", "mme": "perception", "mmbench": "circular_accuracy",
+    }  # fmt: skip
     assert get_task("refcoco_bbox_rec_val") is TASKS["refcoco_val"]
     assert get_task("refcoco+_bbox_rec_testB") is TASKS["refcoco+_testB"]
     assert get_task("refcocog_bbox_rec_test") is TASKS["refcocog_test"]
@@ -315,6 +318,7 @@ def test_mme_pairs_prompt_and_scores(tmp_path):
     # existence: image 0 both right, image 1 one right; code_reasoning: all right
     answers = ["Yes", "No", "Yes", "Yes", "yes", "no", "Yes.", "No."]
     metrics = task.score(records(task, samples, answers))
+    assert list(metrics)[:2] == ["perception", "cognition"]
     assert metrics["existence/acc"].value == 0.75 and metrics["existence/acc_plus"].value == 0.5
     assert metrics["perception"].value == pytest.approx(125.0)
     assert metrics["cognition"].value == pytest.approx(200.0)
@@ -355,3 +359,4 @@ def test_every_family_gets_a_prompt_and_parses(tmp_path, name):
     for family in MODEL_FAMILIES:
         assert sample.question.strip().rstrip("?")[:10] in task.prompt(sample, family)
         assert isinstance(task.parse(sample, "Yes", family), dict)
+    assert task.headline in task.score(records(task, [sample], ["Yes"]))

@@ -61,7 +61,8 @@ def mme_metrics(
         units.setdefault((category, image), []).append(bool(ok))
     present = sorted({c for c, _ in units})
     rng = np.random.default_rng(seed)
-    metrics: dict[str, Metric] = {}
+    metrics: dict[str, Metric] = {}  # filled below with the sums first, then per category
+    per_category: dict[str, Metric] = {}
     scores: dict[str, tuple[float, np.ndarray, int]] = {}  # category -> (score, bootstrap draws, images)
     for category in present:
         answers = [v for (c, _), v in units.items() if c == category]
@@ -70,9 +71,9 @@ def mme_metrics(
         resampled = rng.integers(0, len(answers), size=(resamples, len(answers)))
         draws = (acc[resampled].mean(axis=1) + plus[resampled].mean(axis=1)) * 100
         scores[category] = ((acc.mean() + plus.mean()) * 100, draws, len(answers))
-        metrics[f"{category}/acc"] = proportion([ok for c, ok in zip(categories, correct) if c == category])
-        metrics[f"{category}/acc_plus"] = proportion(plus.astype(bool).tolist())
-        metrics[f"{category}/score"] = from_draws(float(scores[category][0]), draws, len(answers))
+        per_category[f"{category}/acc"] = proportion([ok for c, ok in zip(categories, correct) if c == category])
+        per_category[f"{category}/acc_plus"] = proportion(plus.astype(bool).tolist())
+        per_category[f"{category}/score"] = from_draws(float(scores[category][0]), draws, len(answers))
     for name, group in (("perception", PERCEPTION), ("cognition", COGNITION)):
         wanted = [c for c in present if c in group]
         if wanted:
@@ -81,4 +82,4 @@ def mme_metrics(
                 np.sum([scores[c][1] for c in wanted], axis=0),
                 sum(scores[c][2] for c in wanted),
             )
-    return metrics
+    return metrics | per_category

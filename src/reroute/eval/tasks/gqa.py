@@ -25,6 +25,8 @@ class GqaTask:
     dataset: HubDataset = GQA
     split: str = "testdev"
     family: str = "gqa"
+    #: the metric a summary shows first
+    headline: str = "accuracy"
 
     @property
     def dataset_id(self) -> str:

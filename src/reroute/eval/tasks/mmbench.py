@@ -39,6 +39,8 @@ class MmbenchTask:
     dataset: HubDataset = MMBENCH
     split: str = "dev"
     family: str = "mmbench"
+    #: the metric a summary shows first
+    headline: str = "circular_accuracy"
 
     @property
     def dataset_id(self) -> str:

@@ -25,6 +25,8 @@ class MmeTask:
     dataset: HubDataset = MME
     split: str = "test"
     family: str = "mme"
+    #: the metric a summary shows first
+    headline: str = "perception"
 
     @property
     def dataset_id(self) -> str:

@@ -23,6 +23,8 @@ class PopeTask:
     dataset: HubDataset = POPE
     split: str = "test"
     family: str = "pope"
+    #: the metric a summary shows first
+    headline: str = "f1"
 
     @property
     def dataset_id(self) -> str:

@@ -41,6 +41,8 @@ class RecTask:
     dataset: HubDataset
     split: str
     family: str = "rec"
+    #: the metric a summary shows first
+    headline: str = "acc@0.5"
 
     @property
     def dataset_id(self) -> str:
