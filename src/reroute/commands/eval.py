@@ -223,6 +223,14 @@ def routing_config(preset: str, tier: float | None, ratios: str, model: Any) -> 
     return reroute.preset(preset, tier=tier * num_visual / REFERENCE_NUM_VISUAL, model=model, num_visual=num_visual)
 
 
+def check_routable(model: Any, config: Any) -> None:
+    """`reroute.apply`'s own checks (decision layers inside the decoder, supported model), before any sample runs."""
+    import reroute
+
+    if config is not None:
+        reroute.apply(model, config).restore()
+
+
 def default_run_name(args: argparse.Namespace) -> str:
     if args.run_name:
         return args.run_name
@@ -239,6 +247,10 @@ def prepare_model(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
     from reroute.eval.shard import default_device
 
     device = args.device or default_device()
+    if args.no_progress:  # also transformers' weight-loading bars (this process is a command line)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     model, processor = load_model(args.model, args.dtype, device)
     family = args.family if args.family != "auto" else detect_family(model, processor)
     return model, processor, family, device
@@ -264,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
         model, processor, family, _ = prepare_model(args)
         if args.config is None:
             config = routing_config(args.preset, args.tier, args.ratios, model)
+        check_routable(model, config)
         labels = {"method": Path(args.config).stem if args.config else args.preset, "tier": args.tier,
                   "ratios": None if args.config or args.preset == VANILLA else args.ratios}
         eval_run = EvalRun(default_run_name(args), config, args.model, family, args.rec_frame, args.batch_size, labels)

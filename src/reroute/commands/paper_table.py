@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         plan = []
         for method, tier, name in table_runs(args.ratios):
             config = eval_command.routing_config(method, tier, args.ratios, model)
+            eval_command.check_routable(model, config)
             labels = {"method": method, "tier": tier, "ratios": None if tier is None else args.ratios}
             eval_run = EvalRun(name, config, args.model, family, args.rec_frame, args.batch_size, labels)
             check_run_dir(eval_run, Path(args.output) / name)
