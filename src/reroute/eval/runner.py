@@ -282,7 +282,7 @@ def headline(task: Task, metrics: dict[str, Metric]) -> str | None:
     return next(iter(metrics), None)
 
 
-def summarize(task: Task, records: Sequence[dict[str, Any]], run: EvalRun, model: Any) -> dict[str, Any]:
+def summarize(task: Task, records: Sequence[dict[str, Any]], model: Any) -> dict[str, Any]:
     """One task's summary: metrics with 95 % intervals, realised avg_T and cost relative to vanilla."""
     metrics = task.score(records)
     return {
@@ -396,7 +396,7 @@ def evaluate(
         records = evaluate_task(model, processor, task, samples, run, run_dir, shard=shard, progress=progress,
                                 on_record=on_record)
         if records is not None:
-            summaries[task.name] = summarize(task, records, run, model)
+            summaries[task.name] = summarize(task, records, model)
     if not shard.is_main:
         return None
     previous_path = run_dir / "summary.json"
