@@ -1,0 +1,43 @@
+"""What the `show` and `analyze` commands share: configs from JSON files, boxes from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from reroute.config import RoutingConfig
+from reroute.pairs import PRESET_NAMES, remove_and_reroute  # noqa: F401 - re-exported for the commands
+
+
+def config_file_pair(path: str) -> dict[str, RoutingConfig]:
+    """A `RoutingConfig` from a JSON file (its field names as keys) and the same schedule under the
+    other action (same per-layer counts, so the same budget), when that action allows it."""
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"--config {path}: no such file; give a JSON file with RoutingConfig fields")
+    try:
+        fields = json.loads(file.read_text())
+        config = RoutingConfig(**fields)
+    except (json.JSONDecodeError, TypeError, ValueError) as error:
+        raise SystemExit(f"--config {path}: {str(error).splitlines()[0]}") from None
+    other = "remove" if config.action == "reroute" else "reroute"
+    try:
+        twin = dataclasses.replace(config, action=other, execution="stagewise")
+    except ValueError:  # ratios that grow cannot run under remove
+        return {f"{config.action} (config)": config}
+    both = {f"{config.action} (config)": config, f"{other} (same schedule)": twin}
+    return dict(sorted(both.items(), key=lambda item: item[1].action != "remove"))
+
+
+def parse_box(text: str | None) -> tuple[float, float, float, float] | None:
+    """``"x1,y1,x2,y2"`` -> a tuple (one-line error when malformed)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or values[2] <= values[0] or values[3] <= values[1]:
+        raise SystemExit(f"--box {text!r}: give x1,y1,x2,y2 with x2 > x1 and y2 > y1 (pixels, or 0-1 fractions)")
+    return values  # type: ignore[return-value]
