@@ -60,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
     from reroute.demo.analyze import analyze_demo
     from reroute.viz import plot_analysis
 
-    rows, meta = analyze_demo(model_dir, names, args.tier, args.num_samples, args.batch_size, args.ratios)
+    try:
+        rows, meta = analyze_demo(model_dir, names, args.tier, args.num_samples, args.batch_size, args.ratios)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     stem = Path(args.output)
     stem.parent.mkdir(parents=True, exist_ok=True)
     table = format_analysis(rows)

@@ -96,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
     inputs = {k: v.to(model.device) for k, v in build_inputs(processor, images, args.prompt).items()}
     grids = grids_for(model, processor, inputs, [im.size for im in images])
     num_visual = sum(len(g.positions) for g in grids)
-    configs = pair or remove_and_reroute(args.preset, args.tier, model, num_visual, args.ratios)
+    try:
+        configs = pair or remove_and_reroute(args.preset, args.tier, model, num_visual, args.ratios)
+    except ValueError as error:
+        raise SystemExit(f"--preset {args.preset} --tier {args.tier:g}: {error}") from None
     if box is not None and max(box) <= 1.0:  # fractions of the first image
         width, height = images[0].size
         box = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)

@@ -48,7 +48,10 @@ def analyze_demo(
     num_visual = int((probe["input_ids"][0] == model.config.image_token_id).sum())
     runs, configs = [], {}
     for name in presets:
-        config = preset_at_paper_tier(name, paper_tier, model, num_visual, ratios)
+        try:
+            config = preset_at_paper_tier(name, paper_tier, model, num_visual, ratios)
+        except ValueError as error:
+            raise ValueError(f"preset {name} at paper tier {paper_tier:g}: {error}") from None
         configs[name] = {"action": config.action, "decision_layers": list(config.decision_layers),
                          "keep_ratios": list(config.keep_ratios)}
         traced = trace_dataset(model, processor, samples, config, batch_size)
