@@ -14,9 +14,11 @@ from reroute.analysis import (
     analysis_json,
     analyze_traces,
     format_analysis,
+    format_summaries,
     rank_correlations,
     reentry_rates,
     spearman,
+    summarize_runs,
 )
 from reroute.grids import TokenGrid
 from reroute.trace import DecisionScores, SampleTrace, Trace
@@ -31,9 +33,11 @@ def _scores(positions, values):
     return DecisionScores(torch.tensor(positions), torch.tensor(values, dtype=torch.float32))
 
 
-def _sample(selected, scores=None):
+def _sample(selected, scores=None, decision_layers=(1, 3, 6), num_layers=8):
+    """A trace of an 8-layer decoder: every visual token before layer 1, then each stage's selection."""
+    per_layer = [4 if (stage := sum(d <= i for d in decision_layers) - 1) < 0 else len(selected[stage]) for i in range(num_layers)]
     return SampleTrace(
-        routed=True, num_visual=4, visual_per_layer=(4,) * 4, tokens_per_layer=(9,) * 4,
+        routed=True, num_visual=4, visual_per_layer=tuple(per_layer), tokens_per_layer=tuple(n + 5 for n in per_layer),
         selected=tuple(tuple(s) for s in selected), scores=scores,
     )
 
@@ -91,17 +95,24 @@ def test_analysis_over_runs_by_hand():
     text = format_analysis(rows)
     assert "| reroute | reroute | 2 (3) | 2.0 | 0.250 | -0.200 | 0.500 | 2 (1) |" in text.splitlines()
     assert "| remove | remove | 3 (6) | 1.0 | 0.000 | - | 0.000 | 1 (1) |" in text.splitlines()
-    saved = json.loads(analysis_json(rows, {"n": 3}))
-    assert saved["meta"] == {"n": 3} and saved["rows"][1]["reentry"] == 0.25
+    summaries = summarize_runs(runs)
+    # avg_T: (4 + 7 * 2) / 8 for both reroute samples; remove (4 + 2*3 + 3*2 + 2*1) / 8
+    assert [s.avg_t for s in summaries] == [2.25, 2.25]
+    # box over the 8 layers: reroute 1 | 1/2 1/2 | 1/2 1/2 1/2 | 1 1 -> 5.5 / 8; remove 1 | 1 1 | 1/2 x3 | 0 0 -> 4.5 / 8
+    assert [s.box_active_layer_mean for s in summaries] == [5.5 / 8, 4.5 / 8]
+    assert [s.n_box for s in summaries] == [1, 1]
+    assert "| reroute | reroute | 1, 3, 6 | 2.25 | 0.688 | 2 (1) |" in format_summaries(summaries).splitlines()
+    saved = json.loads(analysis_json(rows, {"n": 3}, summaries))
+    assert saved["meta"] == {"n": 3} and saved["rows"][1]["reentry"] == 0.25 and saved["runs"][1]["avg_t"] == 2.25
 
 
 def test_run_traces_from_handle_traces_and_errors():
-    trace = Trace("reroute", (1, 3, 6), (REROUTE, REROUTE), cache_lengths=(9,) * 4)
+    trace = Trace("reroute", (1, 3, 6), (REROUTE, REROUTE), cache_lengths=(9,) * 8)
     run = RunTraces.from_traces("mine", [trace, trace], grids=[(GRID,)] * 4, boxes=[LEFT_COLUMN, None, None, None])
     assert run.action == "reroute" and len(run.samples) == 4 and run.samples[0].box == LEFT_COLUMN
     with pytest.raises(ValueError, match="^4 traced samples but 1 grid lists and 4 boxes$"):
         RunTraces.from_traces("mine", [trace, trace], grids=[(GRID,)], boxes=[None] * 4)
-    plain = _sample([(6, 7), (5, 6)])
+    plain = _sample([(6, 7), (5, 6)], decision_layers=(1, 3))
     with pytest.raises(ValueError, match=r"^this trace has no scores: run with reroute.apply\(model, config, record_scores=True\)$"):
         rank_correlations(plain)
     # without scores the analysis still gives re-entry and box numbers; the correlation column is empty

@@ -61,6 +61,9 @@ def test_analyze_writes_table_json_and_plots(model_dir, tmp_path):
     rows = saved["rows"]
     assert [r["run"] for r in rows[::4]] == ["pdrop", "reroute_vs_pdrop", "fastv", "reroute_vs_fastv"][: len(rows[::4])]
     assert saved["meta"]["num_samples"] == 6 and saved["meta"]["num_visual"] == 144
+    assert [r["run"] for r in saved["runs"]] == ["pdrop", "reroute_vs_pdrop", "fastv", "reroute_vs_fastv"]
+    fastv, ours = saved["runs"][2], saved["runs"][3]
+    assert fastv["avg_t"] == pytest.approx(ours["avg_t"], abs=1.0)  # the same budget
     for r in rows:
         assert r["n_samples"] == 6
         if r["decision"] == 0:
@@ -68,7 +71,7 @@ def test_analyze_writes_table_json_and_plots(model_dir, tmp_path):
         elif r["action"] == "remove":
             assert r["reentry"] == 0.0  # removed tokens never come back
     table = (stem.parent / "demo.md").read_text()
-    assert table.count("\n| ") == len(rows) + 1  # header and one line per row
+    assert table.count("\n| ") == len(rows) + 1 + len(saved["runs"]) + 1  # per decision, then per run
     assert (stem.parent / "demo.png").stat().st_size > 10_000
 
 

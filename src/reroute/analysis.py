@@ -14,6 +14,10 @@ where a number is undefined is left out of that mean):
 * **GT-box activity** (grounding samples): the share of the ground-truth box's patches that
   are active in stage ``s``; a patch is in the box when its cell's centre lies inside the
   box (edges included), on the image the box belongs to.
+
+Per run (`summarize_runs`): the realised avg_T and the GT-box activity averaged over all decoder
+layers (1 in the layers before the first decision, where every visual token takes part), the
+box's counterpart of avg_T: two runs at the same budget can be compared on it directly.
 """
 
 from __future__ import annotations
@@ -98,6 +102,20 @@ class DecisionStats:
     box_active: float | None
     n_samples: int
     n_spearman: int
+    n_box: int
+    num_layers: int = 0
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run over the dataset: realised avg_T and the GT-box activity averaged over decoder layers."""
+
+    run: str
+    action: str
+    decision_layers: tuple[int, ...]
+    avg_t: float
+    box_active_layer_mean: float | None
+    n_samples: int
     n_box: int
 
 
@@ -215,9 +233,50 @@ def analyze_traces(runs: Sequence[RunTraces]) -> list[DecisionStats]:
                     n_samples=len(routed),
                     n_spearman=n_rho,
                     n_box=n_box,
+                    num_layers=len(routed[0].trace.visual_per_layer) if routed else 0,
                 )
             )
     return rows
+
+
+def box_activity_per_layer(sample: TracedSample, decision_layers: Sequence[int]) -> list[float] | None:
+    """Per decoder layer, the share of the GT box's patches taking part (1 before the first decision)."""
+    stages = box_activity(sample)
+    if any(v is None for v in stages):
+        return None
+    out = []
+    for layer in range(len(sample.trace.visual_per_layer)):
+        stage = sum(d <= layer for d in decision_layers) - 1
+        out.append(1.0 if stage < 0 else stages[stage])
+    return out
+
+
+def summarize_runs(runs: Sequence[RunTraces]) -> list[RunSummary]:
+    """Per run: mean avg_T and mean over samples of the layer-averaged GT-box activity."""
+    out = []
+    for run in runs:
+        routed = [s for s in run.samples if s.trace.routed]
+        per_layer = [box_activity_per_layer(s, run.decision_layers) for s in routed]
+        box, n_box = _mean(statistics.fmean(v) for v in per_layer if v is not None)
+        avg_t, _ = _mean(s.trace.avg_T for s in routed)
+        out.append(
+            RunSummary(run.name, run.action, tuple(run.decision_layers), avg_t or 0.0, box, len(routed), n_box)
+        )
+    return out
+
+
+def format_summaries(summaries: Sequence[RunSummary]) -> str:
+    """Per-run summary as a markdown table."""
+    lines = [
+        "| run | action | decision layers | avg_T | GT-box patches active, mean over layers | samples (box) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in summaries:
+        lines.append(
+            f"| {r.run} | {r.action} | {', '.join(map(str, r.decision_layers))} | {r.avg_t:.2f} | "
+            f"{_fmt(r.box_active_layer_mean)} | {r.n_samples} ({r.n_box}) |"
+        )
+    return "\n".join(lines)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -238,5 +297,9 @@ def format_analysis(rows: Sequence[DecisionStats]) -> str:
     return "\n".join(lines)
 
 
-def analysis_json(rows: Sequence[DecisionStats], meta: dict | None = None) -> str:
-    return json.dumps({"meta": meta or {}, "rows": [asdict(r) for r in rows]}, indent=2)
+def analysis_json(
+    rows: Sequence[DecisionStats], meta: dict | None = None, summaries: Sequence[RunSummary] = ()
+) -> str:
+    return json.dumps(
+        {"meta": meta or {}, "rows": [asdict(r) for r in rows], "runs": [asdict(r) for r in summaries]}, indent=2
+    )

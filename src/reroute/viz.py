@@ -1,4 +1,12 @@
-"""Pictures of routing decisions: which image patches were active at each stage.
+"""Pictures of routing decisions, and the Python side of `reroute show` and `reroute analyze`.
+
+* `plot_decisions(images, runs, grids)`: per image and run (`RunView.from_trace(handle.trace)`),
+  the candidates' score heat map and the active / deferred / removed patches at every decision.
+  Needs a trace with scores: ``reroute.apply(model, config, record_scores=True)``. Token grids
+  come from `reroute.grids` (LLaVA's square grid, Qwen's merged grids).
+* `analyze_traces` / `summarize_runs` (from `reroute.analysis`, re-exported): per-decision
+  re-entry rate, rank correlation of scores and GT-box activity; `plot_analysis` draws them.
+* `plot_routing_comparison`: the older one-figure view `reroute demo` writes.
 
 matplotlib is an optional dependency (``pip install reroute[viz]``); it is imported lazily.
 """
@@ -13,11 +21,14 @@ import numpy as np
 
 from reroute.analysis import (  # noqa: F401 - the Python API of `reroute analyze`, re-exported here
     DecisionStats,
+    RunSummary,
     RunTraces,
     TracedSample,
     analysis_json,
     analyze_traces,
     format_analysis,
+    format_summaries,
+    summarize_runs,
 )
 from reroute.grids import Box, TokenGrid
 from reroute.trace import SampleTrace, Trace
@@ -280,7 +291,7 @@ def plot_decisions(
                             masked, cmap=cmap, alpha=0.72, extent=_extent(grid.region), interpolation="nearest",
                             vmin=float(finite.min()), vmax=float(finite.max()), gid="scores",
                         )
-                    ax_heat.set_title(f"layer {layer}: scores ({np.isfinite(values).sum()} cand.)", fontsize=7.5)
+                    ax_heat.set_title(f"layer {layer}: scores, log ({np.isfinite(values).sum()} cand.)", fontsize=7.5)
                 else:
                     ax_heat.set_title(f"layer {layer}: no scores recorded", fontsize=7.5)
                 _limits(ax_heat, size, grid.region)
@@ -316,7 +327,7 @@ def plot_decisions(
     fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=7.5, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(left=0.02, right=0.99, top=1 - (0.3 + 0.22 * title_lines) / fig.get_figheight(),
+    fig.subplots_adjust(left=0.02, right=0.99, top=1 - (0.4 + 0.22 * title_lines) / fig.get_figheight(),
                         bottom=0.75 / fig.get_figheight())
     if path is not None:
         save_figure(fig, path)
@@ -338,37 +349,46 @@ def save_figure(fig, path: str, dpi: int = 130) -> None:
 
 
 def plot_analysis(rows: Sequence[DecisionStats], path: str | None = None):
-    """Three panels over decisions: re-entry rate, rank correlation, GT-box patches active; a line per run
-    (remove dashed, reroute solid). Returns the Figure; saves it to ``path`` when given."""
+    """Three panels: re-entry rate and rank correlation at each decision layer, and the share of
+    GT-box patches taking part in every decoder layer (1 before the first decision); a line per
+    run (remove dashed, reroute solid). Returns the Figure; saves it to ``path`` when given."""
     import matplotlib
 
     if path is not None:
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.0))
     panels = (
-        ("reentry", "re-entry rate\n(selected now, not selected at the previous decision)"),
-        ("spearman", "Spearman rank correlation of scores\nwith the previous decision"),
-        ("box_active", "share of GT-box patches active"),
+        ("reentry", "re-entry rate: share of the selected tokens\nnot selected at the previous decision"),
+        ("spearman", "Spearman rank correlation of the scores\nwith the previous decision (common candidates)"),
     )
     runs = list(dict.fromkeys(r.run for r in rows))
-    for ax, (field_name, label) in zip(axes, panels):
-        for i, run in enumerate(runs):
-            mine = [r for r in rows if r.run == run]
-            xs = [r.decision + 1 for r in mine if getattr(r, field_name) is not None]
-            ys = [getattr(r, field_name) for r in mine if getattr(r, field_name) is not None]
-            if not xs:
-                continue
-            style = "--" if mine[0].action == "remove" else "-"
-            ax.plot(xs, ys, style, marker="o", color=f"C{i}", label=f"{run} ({mine[0].action})")
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("decision")
-        ax.set_xticks(sorted({r.decision + 1 for r in rows}))
+    for i, run in enumerate(runs):
+        mine = sorted((r for r in rows if r.run == run), key=lambda r: r.decision)
+        style = "--" if mine[0].action == "remove" else "-"
+        label = f"{run} ({mine[0].action})"
+        for ax, (field_name, _) in zip(axes, panels):
+            points = [(r.layer, getattr(r, field_name)) for r in mine if getattr(r, field_name) is not None]
+            if points:
+                ax.plot(*zip(*points), style, marker="o", color=f"C{i}", label=label)
+        if all(r.box_active is not None for r in mine) and mine[0].num_layers:
+            layers = list(range(mine[0].num_layers + 1))
+            values = [1.0 if layer < mine[0].layer else next(r.box_active for r in reversed(mine) if r.layer <= layer)
+                      for layer in layers[:-1]]
+            axes[2].step(layers, values + values[-1:], style, where="post", color=f"C{i}", label=label,
+                         lw=2.2 if style == "--" else 1.6)
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("decision layer")
+        ax.set_xticks(sorted({r.layer for r in rows}))
         ax.grid(alpha=0.3)
     axes[0].set_ylim(bottom=0)
-    axes[2].set_ylim(0, 1.02)
-    axes[2].legend(fontsize=7, loc="best")
+    axes[2].set_title("share of the GT box's patches taking part,\nper decoder layer (grounding samples)", fontsize=9)
+    axes[2].set_xlabel("decoder layer")
+    axes[2].set_ylim(0, 1.03)
+    axes[2].grid(alpha=0.3)
+    axes[2].legend(fontsize=7.5, loc="upper right")
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path)

@@ -56,24 +56,24 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from reroute.analysis import analysis_json, format_analysis
+    from reroute.analysis import analysis_json, format_analysis, format_summaries
     from reroute.demo.analyze import analyze_demo
     from reroute.viz import plot_analysis
 
     try:
-        rows, meta = analyze_demo(model_dir, names, args.tier, args.num_samples, args.batch_size, args.ratios)
+        rows, summaries, meta = analyze_demo(model_dir, names, args.tier, args.num_samples, args.batch_size, args.ratios)
     except ValueError as error:
         raise SystemExit(str(error)) from None
     stem = Path(args.output)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    table = format_analysis(rows)
+    table = format_analysis(rows) + "\n\n" + format_summaries(summaries)
     header = (
         f"Decision analysis: {meta['model']} on {meta['num_samples']} held-out demo samples "
         f"({meta['num_grounding']} grounding), paper tier {args.tier:g} ({meta['tier']:g} of {meta['num_visual']} "
         f"visual tokens), {args.ratios} ratios. Definitions: docs/semantics.md, \"Decision analysis\".\n\n"
     )
     Path(f"{stem}.md").write_text(header + table + "\n")
-    Path(f"{stem}.json").write_text(analysis_json(rows, meta) + "\n")
+    Path(f"{stem}.json").write_text(analysis_json(rows, meta, summaries) + "\n")
     plot_analysis(rows, f"{stem}.png")
     print(table)
     print(f"\nwrote {stem}.md, {stem}.json, {stem}.png")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from reroute.analysis import DecisionStats, RunTraces, TracedSample, analyze_traces
+from reroute.analysis import DecisionStats, RunSummary, RunTraces, TracedSample, analyze_traces, summarize_runs
 from reroute.apply import apply
 from reroute.budget import REFERENCE_NUM_VISUAL
 from reroute.demo import modeling, synthetic
@@ -40,8 +40,8 @@ def analyze_demo(
     num_samples: int = 200,
     batch_size: int = 50,
     ratios: str = "solved",
-) -> tuple[list[DecisionStats], dict]:
-    """Rows of `reroute.analysis.analyze_traces` for each preset at ``paper_tier``, and a meta dict."""
+) -> tuple[list[DecisionStats], list[RunSummary], dict]:
+    """Rows of `reroute.analysis.analyze_traces` and `summarize_runs` for each preset at ``paper_tier``, and a meta dict."""
     model, processor = modeling.load_model(model_dir)
     samples = synthetic.make_dataset(num_samples, seed=EVAL_SEED, split=EVAL_SPLIT)
     probe = _encode(processor, samples[:1])
@@ -68,4 +68,4 @@ def analyze_demo(
         "ratios": ratios,
         "configs": configs,
     }
-    return analyze_traces(runs), meta
+    return analyze_traces(runs), summarize_runs(runs), meta
