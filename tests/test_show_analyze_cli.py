@@ -115,3 +115,58 @@ def test_a_tier_without_published_ratios_is_one_line(model_dir):
         "preset pdrop at paper tier 100: ratios='paper' has no published set for tier 100.0: the paper publishes tiers "
         "192, 128, 64; use ratios='solved' for other tiers"
     )
+
+
+class _FakeRecTask:
+    """An evaluation task in the `reroute.eval.task.Task` contract, over the demo's grounding samples."""
+
+    name, family, dataset_id = "fake_rec", "rec", "local/fake"
+
+    def __init__(self, samples):
+        self.samples = samples
+
+    def load(self, data_dir, limit=None):
+        from reroute.eval.task import EvalSample
+
+        return [
+            EvalSample(
+                task=self.name, id=str(i), question=s.expression,
+                target=[v / synthetic.IMAGE_SIZE for v in s.objects[s.target].pixel_box],
+                load_images=lambda s=s: [s.image],
+            )
+            for i, s in enumerate(self.samples[:limit])
+        ]
+
+    def prompt(self, sample, model_family):
+        assert model_family == "demo"
+        return f"{synthetic.GROUNDING_PREFIX} {sample.question}."
+
+
+def test_analyze_over_an_evaluation_task_equals_the_same_samples_from_the_demo_set(model_dir, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from reroute.demo.analyze import demo_items, preset_configs
+    from reroute.tracing import analyze_items
+
+    samples = synthetic.make_dataset(4, seed=7, split="test", kind="grounding")
+    fake = types.ModuleType("reroute.eval.tasks")
+    fake.get_task = lambda name: _FakeRecTask(samples) if name == "fake_rec" else (_ for _ in ()).throw(KeyError(name))
+    monkeypatch.setitem(sys.modules, "reroute.eval.tasks", fake)
+    stem = tmp_path / "task"
+    code = main(["analyze", "--task", "fake_rec", "--data-dir", str(tmp_path), "--model", str(model_dir),
+                 "--num-samples", "4", "--batch-size", "2", "--presets", "pdrop,reroute_vs_pdrop", "--output", str(stem)])
+    assert code == 0
+    saved = json.loads((tmp_path / "task.json").read_text())
+    assert saved["meta"]["num_grounding"] == 4 and saved["meta"]["dataset"].startswith("task fake_rec")
+
+    model, processor = modeling.load_model(model_dir)
+    configs = preset_configs(["pdrop", "reroute_vs_pdrop"], 64, model, 144, "solved")
+    rows, _ = analyze_items(model, processor, demo_items(samples), configs, batch_size=2)  # the same batches
+    assert saved["rows"] == json.loads(json.dumps([r.__dict__ for r in rows]))
+
+
+def test_analyze_task_needs_a_data_dir():
+    with pytest.raises(SystemExit) as error:
+        main(["analyze", "--task", "refcoco_val"])
+    assert str(error.value.code) == "--task refcoco_val: give --data-dir, the folder with the task's files"

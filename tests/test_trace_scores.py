@@ -99,3 +99,29 @@ def test_a_sample_without_visual_tokens_records_no_candidates():
     _, trace = _recorded(model, CONFIGS["remove"], inputs)
     assert not trace[1].routed
     assert [len(d.positions) for d in trace[1].scores] == [0, 0, 0]
+
+
+def test_a_plain_run_neither_collects_nor_scores_more(monkeypatch):
+    """Without record_scores nothing is gathered for the trace, and keep-all decisions stay unscored."""
+    import reroute.engine as engine
+
+    calls = {"recorded": 0, "scored": 0}
+    original_scores = engine.last_token_attention
+
+    def count_scoring(*args, **kwargs):
+        calls["scored"] += 1
+        return original_scores(*args, **kwargs)
+
+    def count_recording(*args, **kwargs):
+        calls["recorded"] += 1
+        return ()
+
+    monkeypatch.setattr(engine, "last_token_attention", count_scoring)
+    monkeypatch.setattr(engine, "_recorded_scores", count_recording)
+    family = FAMILIES["llava"]
+    model = family.make_model()
+    inputs = family.make_batch([family.make_prompt(1, seed=0)])
+    routed(model, RoutingConfig("reroute", (1, 3), (1.0, 0.5)), inputs)
+    assert calls == {"recorded": 0, "scored": 1}  # only the decision that drops tokens is scored
+    _recorded(model, RoutingConfig("reroute", (1, 3), (1.0, 0.5)), inputs)
+    assert calls == {"recorded": 1, "scored": 3}  # recorded: one collection per sample, every decision scored

@@ -41,3 +41,21 @@ def parse_box(text: str | None) -> tuple[float, float, float, float] | None:
     if len(values) != 4 or values[2] <= values[0] or values[3] <= values[1]:
         raise SystemExit(f"--box {text!r}: give x1,y1,x2,y2 with x2 > x1 and y2 > y1 (pixels, or 0-1 fractions)")
     return values  # type: ignore[return-value]
+
+
+def load_vlm(model_id: str | None):
+    """A VLM and its processor from a Hub id or folder (default: the bundled demo model), in eval
+    mode: float32 on CPU, the checkpoint's dtype on a GPU. One-line error when it cannot load."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from reroute.demo.modeling import MODEL_DIR
+
+    path = model_id or str(MODEL_DIR)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32 if device == "cpu" else "auto")
+        processor = AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--model {path}: cannot load it ({str(error).splitlines()[0]})") from None
+    return model.to(device).eval(), processor

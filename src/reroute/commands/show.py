@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reroute.commands._routing import PRESET_NAMES, config_file_pair, parse_box, remove_and_reroute
+from reroute.commands._routing import PRESET_NAMES, config_file_pair, load_vlm, parse_box, remove_and_reroute
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,35 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="show.png", help="figure path, .png or .svg (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-
-
-def _load(model_id: str | None):
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from reroute.demo.modeling import MODEL_DIR
-
-    path = model_id or str(MODEL_DIR)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32 if device == "cpu" else "auto")
-        processor = AutoProcessor.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"--model {path}: cannot load it ({str(error).splitlines()[0]})") from None
-    return model.to(device).eval(), processor
-
-
-def build_inputs(processor, images, prompt: str) -> dict:
-    """Processor inputs for one prompt: the processor's chat template when it has one, else
-    LLaVA-1.5's ``USER: <image>\\n... ASSISTANT:`` (the bundled demo model's format)."""
-    if getattr(processor, "chat_template", None):
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
-        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-    elif "<image>" in prompt:
-        text = prompt
-    else:
-        text = "USER: " + "<image>\n" * len(images) + f"{prompt} ASSISTANT:"
-    return dict(processor(images=list(images), text=[text], return_tensors="pt"))
 
 
 def answer_frame(model, grid) -> tuple[float, float]:
@@ -78,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from reroute import apply
     from reroute.demo.synthetic import parse_box as parse_answer_box
     from reroute.grids import grids_for
+    from reroute.tracing import prompt_text
     from reroute.viz import RunView, plot_decisions
 
     if not args.output.lower().endswith((".png", ".svg")):
@@ -92,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, processor = _load(args.model)
-    inputs = {k: v.to(model.device) for k, v in build_inputs(processor, images, args.prompt).items()}
+    model, processor = load_vlm(args.model)
+    text = prompt_text(processor, args.prompt, len(images))
+    inputs = {k: v.to(model.device) for k, v in processor(images=images, text=[text], return_tensors="pt").items()}
     grids = grids_for(model, processor, inputs, [im.size for im in images])
     num_visual = sum(len(g.positions) for g in grids)
     try:
