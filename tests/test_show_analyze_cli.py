@@ -170,3 +170,13 @@ def test_analyze_task_needs_a_data_dir():
     with pytest.raises(SystemExit) as error:
         main(["analyze", "--task", "refcoco_val"])
     assert str(error.value.code) == "--task refcoco_val: give --data-dir, the folder with the task's files"
+
+
+@pytest.mark.parametrize("command", ["show", "analyze"])
+def test_missing_matplotlib_is_one_line(command, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    with pytest.raises(SystemExit) as error:
+        main([command, "--image", "x.png", "--prompt", "x"] if command == "show" else [command])
+    assert str(error.value.code) == f"reroute {command} draws with matplotlib: pip install 'reroute[viz]'"

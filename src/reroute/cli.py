@@ -15,7 +15,7 @@ COMMANDS: dict[str, str] = {
     "bench": "Prefill/decode latency and memory of vanilla, remove and reroute, side by side.",
     "train-demo-model": "Reproduce the bundled demo model's weights from a seed.",
     "show": "One figure of remove vs reroute decisions (scores, active patches, answers) on your image.",
-    "analyze": "Per-decision re-entry, score rank correlation and GT-box activity over the demo's held-out set.",
+    "analyze": "Per-decision re-entry, score rank correlation and GT-box activity over a dataset.",
 }
 
 

@@ -59,3 +59,11 @@ def load_vlm(model_id: str | None):
     except (OSError, ValueError) as error:
         raise SystemExit(f"--model {path}: cannot load it ({str(error).splitlines()[0]})") from None
     return model.to(device).eval(), processor
+
+
+def require_matplotlib(command: str) -> None:
+    """One-line error before any work when the optional plotting dependency is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SystemExit(f"reroute {command} draws with matplotlib: pip install 'reroute[viz]'") from None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reroute.commands._routing import PRESET_NAMES
+from reroute.commands._routing import PRESET_NAMES, require_matplotlib
 
 DEFAULT_PRESETS = ("pdrop", "reroute_vs_pdrop", "fastv", "reroute_vs_fastv")
 
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     from reroute.demo.modeling import MODEL_DIR
 
+    require_matplotlib("analyze")
     names = _presets(args.presets)
     if args.num_samples < 1 or args.batch_size < 1:
         raise SystemExit("--num-samples and --batch-size must be >= 1")

@@ -12,7 +12,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reroute.commands._routing import PRESET_NAMES, config_file_pair, load_vlm, parse_box, remove_and_reroute
+from reroute.commands._routing import (
+    PRESET_NAMES,
+    config_file_pair,
+    load_vlm,
+    parse_box,
+    remove_and_reroute,
+    require_matplotlib,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from reroute.tracing import prompt_text
     from reroute.viz import RunView, plot_decisions
 
+    require_matplotlib("show")
     if not args.output.lower().endswith((".png", ".svg")):
         raise SystemExit(f"--output {args.output}: the figure path must end in .png or .svg")
     images = []
