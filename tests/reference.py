@@ -60,12 +60,15 @@ def _mask(active: list[int], length: int, implementation: str, dtype) -> torch.T
 
 
 @torch.no_grad()
-def reference_forward(text_model, rotary_positions, embeds, visual, config: RoutingConfig | None, decisions=None):
+def reference_forward(
+    text_model, rotary_positions, embeds, visual, config: RoutingConfig | None, decisions=None, scores_out=None
+):
     """Routed forward of ONE unpadded sample (``embeds`` (L, D)); returns (final hidden (L, D), decisions).
 
     ``decisions``: per decision layer, the selected visual positions; computed from
     ``embeds[:decided_length]`` when not given (decode reuses the prefill's decisions and
     appends text tokens, which are always active).
+    ``scores_out``: a list that receives, per decision, ``{candidate position: score}``.
     """
     length = embeds.shape[0]
     layers = text_model.layers
@@ -89,6 +92,8 @@ def reference_forward(text_model, rotary_positions, embeds, visual, config: Rout
                     candidates = [j for j in active if visual[j]]
                     keys = [j for j in active if j < prompt_length]
                 scores = reference_scores(layer, h[:prompt_length], cos[:prompt_length], sin[:prompt_length], keys)
+                if scores_out is not None:
+                    scores_out.append({j: scores[j] for j in candidates})
                 k = config.keep_counts(len(visual_positions))[s]
                 chosen = sorted(sorted(candidates, key=lambda j: (-scores[j], j))[:k])
                 found.append(chosen)

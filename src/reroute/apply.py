@@ -47,12 +47,12 @@ _VISUAL_INPUTS = ("pixel_values", "pixel_values_videos", "image_embeds", "video_
 class RoutingHandle:
     """A routed model. Use ``handle.trace`` after a forward, ``handle.restore()`` (or ``with``) to undo."""
 
-    def __init__(self, model: nn.Module, config: RoutingConfig, backbone: Backbone) -> None:
+    def __init__(self, model: nn.Module, config: RoutingConfig, backbone: Backbone, record_scores: bool = False) -> None:
         self.model = model
         self.config = config
         self.backbone = backbone
         self.text_model = backbone.text_model(model)
-        self.decoder = RoutedDecoder(backbone, self.text_model, config)
+        self.decoder = RoutedDecoder(backbone, self.text_model, config, record_scores)
         self.trace: Trace | None = None
         # decisions of each routed prefill, found again by the cache that decode steps continue
         self._decode_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -188,17 +188,18 @@ def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone
         raise ValueError("this model is already routed (or its forward is patched); call handle.restore() first")
 
 
-def apply(model: nn.Module, config: RoutingConfig) -> RoutingHandle:
+def apply(model: nn.Module, config: RoutingConfig, *, record_scores: bool = False) -> RoutingHandle:
     """Route ``model`` (a stock transformers VLM) by ``config``; returns the handle.
 
     ``model(**inputs)`` and ``model.generate(**inputs)`` stay the user's own calls. Restore
-    with ``handle.restore()`` or use the handle as a context manager.
+    with ``handle.restore()`` or use the handle as a context manager. ``record_scores=True``
+    also keeps every decision's candidate scores in ``handle.trace`` (for `reroute.viz`).
     """
     if not isinstance(config, RoutingConfig):
         raise TypeError(f"config must be a reroute.RoutingConfig, got {type(config).__name__}")
     backbone = backbone_for(model)
     _check_supported(model, config, backbone)
-    return RoutingHandle(model, config, backbone)
+    return RoutingHandle(model, config, backbone, record_scores)
 
 
 __all__ = ["apply", "RoutingHandle", "DecodeState"]

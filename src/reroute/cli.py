@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "eval": "Evaluate a model, vanilla or routed, on benchmarks from local files (resumable, multi-GPU).",
     "paper-table": "Every preset x tier x task through `reroute eval`, then the paper-style table.",
     "train-demo-model": "Reproduce the bundled demo model's weights from a seed.",
+    "show": "One figure of remove vs reroute decisions (scores, active patches, answers) on your image.",
+    "analyze": "Per-decision re-entry, score rank correlation and GT-box activity over a dataset.",
 }
 
 

@@ -23,7 +23,7 @@ from reroute.config import RoutingConfig
 from reroute.layout import Layout, with_trash_row
 from reroute.masks import compact_decode_mask, compact_prefill_mask
 from reroute.scoring import last_token_attention, select_top_k
-from reroute.trace import SampleTrace, Trace
+from reroute.trace import DecisionScores, SampleTrace, Trace
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,11 @@ class _Prompt:
 class RoutedDecoder:
     """Runs one VLM's decoder stack under a `RoutingConfig`."""
 
-    def __init__(self, backbone: Backbone, text_model: nn.Module, config: RoutingConfig) -> None:
+    def __init__(
+        self, backbone: Backbone, text_model: nn.Module, config: RoutingConfig, record_scores: bool = False
+    ) -> None:
         self.backbone = backbone
+        self.record_scores = record_scores  # scores on request (viz): the trace keeps every decision's scores
         self.text_model = text_model
         self.config = config
         self.text_config = text_model.config
@@ -120,6 +123,7 @@ class RoutedDecoder:
         mask, position_embeddings, position_ids = full_stage
         stage_active: list[torch.Tensor] = []  # per decision, (B, L) active positions
         selections: list[torch.Tensor] = []  # per decision, (B, L) selected visual positions
+        scored: list[tuple | None] = []  # scores on request (viz): per decision, what _decide scored
         layer_stage: list[int] = []  # per layer, index into prompt_keys (-1: full prompt)
         prompt_keys: list[torch.Tensor] = []  # per compact stage, (B, n) valid keys of its caches
         h = hidden
@@ -131,7 +135,8 @@ class RoutedDecoder:
                     buffer = with_trash_row(h)
                 elif not per_layer:
                     layout.scatter_(buffer, h)
-                chosen = self._decide(layer, h, layout, buffer, prompt, decisions[i])
+                chosen, decision_scores = self._decide(layer, h, layout, buffer, prompt, decisions[i])
+                scored.append(decision_scores)  # scores on request (viz)
                 visual_now = prompt.visual[:, :length]
                 if config.action == "reroute":
                     active = ~visual_now | chosen  # every visual token competed; text and padding always run
@@ -165,7 +170,7 @@ class RoutedDecoder:
             h = buffer[:, :length]
         h = self.norm(h)
 
-        trace = self._trace(prompt, stage_active, selections, layer_stage, prompt_keys)
+        trace = self._trace(prompt, stage_active, selections, layer_stage, prompt_keys, scored)
         state = DecodeState(prompt_length=length, layer_stage=tuple(layer_stage), prompt_keys=tuple(prompt_keys))
         return h, state, trace
 
@@ -195,8 +200,9 @@ class RoutedDecoder:
             keep=keep,
         )
 
-    def _decide(self, layer, h, layout: Layout | None, buffer, prompt: _Prompt, stage: int) -> torch.Tensor:
-        """``(B, L)`` bool: the visual tokens selected at this decision (SPEC §2, §3)."""
+    def _decide(self, layer, h, layout: Layout | None, buffer, prompt: _Prompt, stage: int):
+        """``(B, L)`` bool: the visual tokens selected at this decision (SPEC §2, §3); and, only when
+        ``record_scores`` is on, ``(view, candidates, scores)`` for the trace (else None)."""
         length = prompt.length
         if self.config.action == "reroute" or layout is None:
             # Candidates: every visual token, scored from the state it has now.
@@ -213,7 +219,8 @@ class RoutedDecoder:
             key_valid = layout.valid & layout.gather(prompt.pad_valid)
             candidates = layout.valid & layout.gather(prompt.visual)
         keep = prompt.keep[stage]
-        if bool((keep >= candidates.sum(dim=1)).all()):
+        # scores on request (viz): recorded runs score even when every candidate is kept (same selection)
+        if not self.record_scores and bool((keep >= candidates.sum(dim=1)).all()):
             chosen_view = candidates  # every candidate is kept (e.g. keep ratio 1.0): nothing to score
         else:
             query_index = (view == prompt.query_position[:, None]).int().argmax(dim=1)
@@ -223,9 +230,9 @@ class RoutedDecoder:
             chosen_view = select_top_k(scores, candidates, keep)
         chosen = torch.zeros(h.shape[0], length + 1, dtype=torch.bool, device=h.device)
         chosen.scatter_(1, view, chosen_view)
-        return chosen[:, :length]
+        return chosen[:, :length], ((view, candidates, scores) if self.record_scores else None)
 
-    def _trace(self, prompt: _Prompt, stage_active, selections, layer_stage, prompt_keys) -> Trace:
+    def _trace(self, prompt: _Prompt, stage_active, selections, layer_stage, prompt_keys, scored=()) -> Trace:
         config = self.config
         length = prompt.length
         visual = prompt.visual[:, :length]
@@ -248,6 +255,7 @@ class RoutedDecoder:
                     visual_per_layer=tuple(visual_per_layer),
                     tokens_per_layer=tuple(tokens_per_layer),
                     selected=tuple(selected[b]),
+                    scores=_recorded_scores(scored, b) if self.record_scores else None,  # scores on request (viz)
                 )
             )
         cache_lengths = tuple(length if st < 0 else prompt_keys[st].shape[1] for st in layer_stage)
@@ -289,3 +297,12 @@ class RoutedDecoder:
             mask = stock_mask if stage < 0 else stage_masks[stage]
             h = self._run_layer(layer, h, mask, position_embeddings, positions.text, cache, use_cache, kwargs)
         return self.norm(h)
+
+
+def _recorded_scores(scored, b: int) -> tuple[DecisionScores, ...]:
+    """Scores on request (viz): sample ``b``'s candidates (original positions) and their scores, per decision."""
+    out = []
+    for view, candidates, scores in scored:
+        keep = candidates[b]
+        out.append(DecisionScores(positions=view[b][keep].cpu(), scores=scores[b][keep].float().cpu()))
+    return tuple(out)

@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class DecisionScores:
+    """The candidates of one decision and their scores; recorded only on request
+    (``reroute.apply(model, config, record_scores=True)``), so a plain run pays nothing.
+
+    positions: ``(n,)`` long, CPU: the candidates' original prompt positions, increasing.
+    scores: ``(n,)`` float32, CPU: each candidate's score (SPEC §2: the last prompt token's
+        head-mean attention over the decision's keys, which include text tokens, so the
+        candidates' scores need not sum to 1).
+    """
+
+    positions: torch.Tensor
+    scores: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -14,6 +31,8 @@ class SampleTrace:
     visual_per_layer: visual tokens taking part in each decoder layer (queries and keys).
     tokens_per_layer: all tokens (text, visual and padding) each layer ran on.
     selected: per decision, the original positions of the visual tokens selected there.
+    scores: per decision, the candidates and their scores (`DecisionScores`) when the handle
+        records scores; None otherwise.
     """
 
     routed: bool
@@ -21,6 +40,7 @@ class SampleTrace:
     visual_per_layer: tuple[int, ...]
     tokens_per_layer: tuple[int, ...]
     selected: tuple[tuple[int, ...], ...]
+    scores: tuple[DecisionScores, ...] | None = field(default=None, compare=False, repr=False)
 
     @property
     def avg_T(self) -> float:  # noqa: N802 - the paper's name

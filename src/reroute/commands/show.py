@@ -1,0 +1,108 @@
+"""`reroute show`: one figure of what remove and reroute decide on your image, at the same budget.
+
+For a model (a Hub id or a local folder; default: the bundled demo model), one prompt and one
+or more images, it runs a preset and its counterpart with the other action (or a config from a
+JSON file and the same schedule under the other action), records every decision's scores,
+generates each answer, and draws per decision the score heat map and the active / deferred /
+removed patches (`reroute.viz.plot_decisions`), with each answer's box when it names one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from reroute.commands._routing import (
+    PRESET_NAMES,
+    config_file_pair,
+    load_vlm,
+    parse_box,
+    remove_and_reroute,
+    require_matplotlib,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="Hub id or local folder of the VLM (default: the bundled demo model)")
+    parser.add_argument("--image", action="append", required=True, help="image file (repeat for a multi-image prompt)")
+    parser.add_argument("--prompt", required=True, help="the question or instruction (no image placeholder needed)")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default="reroute_vs_pdrop",
+                        help="shown with its counterpart of the other action (default: %(default)s)")
+    parser.add_argument("--tier", type=float, default=64,
+                        help="the paper's budget out of 576 visual tokens, scaled to the prompt's count (default: 64)")
+    parser.add_argument("--ratios", choices=("solved", "paper"), default="solved")
+    parser.add_argument("--config", default=None, help="routing.json (RoutingConfig fields) instead of --preset/--tier")
+    parser.add_argument("--box", default=None, help="ground-truth box x1,y1,x2,y2 on the first image (pixels or 0-1)")
+    parser.add_argument("--output", default="show.png", help="figure path, .png or .svg (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def answer_frame(model, grid) -> tuple[float, float]:
+    """Width and height of the frame a model's answer boxes are given in, when not 0-1 fractions:
+    the processed image in pixels (LLaVA, Qwen2.5-VL); Qwen2-VL answers in 0-1000."""
+    config = model.config
+    if config.model_type == "qwen2_vl":
+        return (1000.0, 1000.0)
+    vision = config.vision_config
+    cell = vision.patch_size * (getattr(vision, "spatial_merge_size", 1) or 1)
+    return (grid.cols * cell, grid.rows * cell)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image
+
+    from reroute import apply
+    from reroute.demo.synthetic import parse_box as parse_answer_box
+    from reroute.grids import grids_for
+    from reroute.tracing import prompt_text
+    from reroute.viz import RunView, plot_decisions
+
+    require_matplotlib("show")
+    if not args.output.lower().endswith((".png", ".svg")):
+        raise SystemExit(f"--output {args.output}: the figure path must end in .png or .svg")
+    images = []
+    for path in args.image:
+        if not Path(path).is_file():
+            raise SystemExit(f"--image {path}: no such file")
+        images.append(Image.open(path).convert("RGB"))
+    box = parse_box(args.box)
+    pair = config_file_pair(args.config) if args.config else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model, processor = load_vlm(args.model)
+    text = prompt_text(processor, args.prompt, len(images))
+    inputs = {k: v.to(model.device) for k, v in processor(images=images, text=[text], return_tensors="pt").items()}
+    grids = grids_for(model, processor, inputs, [im.size for im in images])
+    num_visual = sum(len(g.positions) for g in grids)
+    try:
+        configs = pair or remove_and_reroute(args.preset, args.tier, model, num_visual, args.ratios)
+    except ValueError as error:
+        raise SystemExit(f"--preset {args.preset} --tier {args.tier:g}: {error}") from None
+    if box is not None and max(box) <= 1.0:  # fractions of the first image
+        width, height = images[0].size
+        box = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    first_grid = next(g for g in grids if g.image_index == 0)
+    runs = []
+    for name, config in configs.items():
+        with apply(model, config, record_scores=True) as handle, torch.no_grad():
+            ids = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        answer = tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        named = parse_answer_box(answer)
+        answer_box = None
+        if named is not None:
+            frame = (1.0, 1.0) if max(named) <= 1.0 else answer_frame(model, first_grid)
+            answer_box = first_grid.frame_to_image(named, frame)
+        runs.append(RunView.from_trace(handle.trace, name=name, answer=answer, answer_box=answer_box))
+        print(f"{name}: {answer}")
+
+    budget = "same budget" if args.config else f"paper tier {args.tier:g} ({args.ratios} ratios)"
+    title = f"{args.prompt}\n{' vs '.join(configs)}, {budget}"
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    plot_decisions(images, runs, grids, title=title, target_box=box, path=args.output)
+    print(f"wrote {args.output}")
+    return 0
