@@ -539,7 +539,7 @@ def run_latency(
                 "name": c.name,
                 "method": c.method,
                 "tier": c.tier,
-                "config": None if c.config is None else dataclasses.asdict(c.config),
+                "config": None if c.config is None else c.config.to_dict(),
                 "avg_T": trace.avg_T if trace is not None else float(visual_count(model, inputs)[0]),
                 "visual_per_layer": list(trace.samples[0].visual_per_layer) if trace is not None else None,
                 "tokens_per_layer": per_sample[0],

@@ -28,6 +28,7 @@ from typing import Any
 
 from reroute.budget import avg_t, text_config
 from reroute.config import RoutingConfig
+from reroute.methods import get_action
 
 # bytes per value when neither the model nor its config says (bf16/fp16 inference)
 DEFAULT_DTYPE_BYTES = 2
@@ -130,9 +131,10 @@ def scoring_flops(config: RoutingConfig | None, dims: DecoderDims, num_visual: i
     if config is None:
         return 0
     counts = config.keep_counts(num_visual)
+    action = get_action(config.action)
     total = 0
     for s in range(config.num_decisions):
-        candidates = num_visual if s == 0 or config.action == "reroute" else counts[s - 1]
+        candidates = action.num_candidates(num_visual, None if s == 0 else counts[s - 1])
         if counts[s] >= candidates:
             continue
         keys = num_text + candidates
@@ -201,7 +203,7 @@ class CostReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for JSON), ratios included."""
         data = asdict(self)
-        data["config"] = None if self.config is None else asdict(self.config)
+        data["config"] = None if self.config is None else self.config.to_dict()
         for key in ("flops_paper", "flops_exact", "flops_exact_causal", "decode_flops_exact"):
             data[f"{key}_ratio"] = getattr(self, f"{key}_ratio")
         data["kv_cache_ratio"] = self.kv_cache_ratio

@@ -22,7 +22,8 @@ from reroute.backbones.base import Backbone, Positions, layer_cache_keyword
 from reroute.config import RoutingConfig
 from reroute.layout import Layout, with_trash_row
 from reroute.masks import compact_decode_mask, compact_prefill_mask
-from reroute.scoring import last_token_attention, select_top_k
+from reroute.methods import ScoringInputs, get_action, get_scorer
+from reroute.scoring import select_top_k
 from reroute.trace import SampleTrace, Trace
 
 
@@ -68,6 +69,8 @@ class RoutedDecoder:
         self.backbone = backbone
         self.text_model = text_model
         self.config = config
+        self.action = get_action(config.action)
+        self.scorer = get_scorer(config.scorer)
         self.text_config = text_model.config
         self.layers = backbone.layers(text_model)
         self.norm = backbone.final_norm(text_model)
@@ -114,7 +117,10 @@ class RoutedDecoder:
         full_stage = (stock_mask, (prompt.cos[:, :length], prompt.sin[:, :length]), positions.text)
 
         decisions = {d: s for s, d in enumerate(config.decision_layers)}
-        per_layer = config.action == "reroute" and config.execution == "per_layer"
+        # The scorer may read an earlier layer's attention (Nüwa: the layer before the decision).
+        score_points = {d + self.scorer.attention_layer_offset: s for s, d in enumerate(config.decision_layers)}
+        pending: dict[int, torch.Tensor | None] = {}  # per decision scored ahead of it: its scores
+        per_layer = config.execution == "per_layer"
         layout: Layout | None = None  # None: the whole prompt is active
         buffer: torch.Tensor | None = None  # full-length states (+ trash row) while a stage is compact
         mask, position_embeddings, position_ids = full_stage
@@ -131,13 +137,14 @@ class RoutedDecoder:
                     buffer = with_trash_row(h)
                 elif not per_layer:
                     layout.scatter_(buffer, h)
-                chosen = self._decide(layer, h, layout, buffer, prompt, decisions[i])
+                stage = decisions[i]
+                scores = pending.pop(stage) if stage in pending else self._score(layer, h, layout, buffer, prompt, stage)
                 visual_now = prompt.visual[:, :length]
-                if config.action == "reroute":
-                    active = ~visual_now | chosen  # every visual token competed; text and padding always run
-                else:
-                    active_now = layout.active() if layout is not None else torch.ones_like(chosen)
-                    active = active_now & (~visual_now | chosen)  # only survivors competed
+                active_now = layout.active() if layout is not None else torch.ones_like(visual_now)
+                candidates = self.action.candidates(visual_now, active_now)
+                # No scores: the decision keeps every candidate (keep ratio 1.0, say).
+                chosen = candidates if scores is None else select_top_k(scores, candidates, prompt.keep[stage])
+                active = self.action.next_active(visual_now, active_now, chosen)  # text and padding always run
                 selections.append(chosen)
                 stage_active.append(active)
                 layout = Layout.from_active(active)
@@ -153,6 +160,13 @@ class RoutedDecoder:
                     prompt_keys.append(key_valid)
             elif per_layer and layout is not None:
                 h = layout.gather(buffer)
+            if i in score_points and score_points[i] != decisions.get(i):
+                # Scored ahead of its decision, on this layer's input, after any decision taken here.
+                if layout is None:
+                    buffer = with_trash_row(h)
+                elif not per_layer:
+                    layout.scatter_(buffer, h)
+                pending[score_points[i]] = self._score(layer, h, layout, buffer, prompt, score_points[i])
 
             layer_stage.append(-1 if layout is None else len(prompt_keys) - 1)
             h = self._run_layer(layer, h, mask, position_embeddings, position_ids, cache, use_cache, kwargs)
@@ -195,35 +209,38 @@ class RoutedDecoder:
             keep=keep,
         )
 
-    def _decide(self, layer, h, layout: Layout | None, buffer, prompt: _Prompt, stage: int) -> torch.Tensor:
-        """``(B, L)`` bool: the visual tokens selected at this decision (SPEC §2, §3)."""
+    def _score(self, layer, h, layout: Layout | None, buffer, prompt: _Prompt, stage: int) -> torch.Tensor | None:
+        """``(B, L)`` scores of decision ``stage`` from ``layer``'s attention on its input (SPEC §2, §3);
+        ``None`` when the decision keeps every candidate (nothing to score).
+
+        The action says which tokens are candidates and keys. When the keys are exactly the
+        compact sequence (``remove``), the compact states are scored; otherwise the full-length
+        buffer, which holds every token's latest state (a deferred token's is the one it had
+        when it was last deferred).
+        """
         length = prompt.length
-        if self.config.action == "reroute" or layout is None:
-            # Candidates: every visual token, scored from the state it has now.
-            view = torch.arange(length, device=h.device).expand(h.shape[0], -1)
-            hidden_v = buffer[:, :length]
-            cos_v, sin_v = prompt.cos[:, :length], prompt.sin[:, :length]
-            key_valid = prompt.pad_valid[:, :length]
-            candidates = prompt.visual[:, :length]
-        else:
-            # remove: only the survivors are keys and candidates.
+        visual = prompt.visual[:, :length]
+        active = layout.active() if layout is not None else torch.ones_like(visual)
+        candidates = self.action.candidates(visual, active)
+        if bool((prompt.keep[stage] >= candidates.sum(dim=1)).all()):
+            return None
+        keys = self.action.keys(visual, active)
+        if layout is not None and torch.equal(keys, active):
             view = layout.index
             hidden_v = h
             cos_v, sin_v = layout.gather(prompt.cos), layout.gather(prompt.sin)
             key_valid = layout.valid & layout.gather(prompt.pad_valid)
-            candidates = layout.valid & layout.gather(prompt.visual)
-        keep = prompt.keep[stage]
-        if bool((keep >= candidates.sum(dim=1)).all()):
-            chosen_view = candidates  # every candidate is kept (e.g. keep ratio 1.0): nothing to score
         else:
-            query_index = (view == prompt.query_position[:, None]).int().argmax(dim=1)
-            scores = last_token_attention(
-                layer, hidden_v, cos_v, sin_v, key_valid, query_index, self.backbone.apply_rotary
-            )
-            chosen_view = select_top_k(scores, candidates, keep)
-        chosen = torch.zeros(h.shape[0], length + 1, dtype=torch.bool, device=h.device)
-        chosen.scatter_(1, view, chosen_view)
-        return chosen[:, :length]
+            view = torch.arange(length, device=h.device).expand(h.shape[0], -1)
+            hidden_v = buffer[:, :length]
+            cos_v, sin_v = prompt.cos[:, :length], prompt.sin[:, :length]
+            key_valid = prompt.pad_valid[:, :length] & keys
+        query_index = (view == prompt.query_position[:, None]).int().argmax(dim=1)
+        inputs = ScoringInputs(layer, hidden_v, cos_v, sin_v, key_valid, query_index, self.backbone.apply_rotary)
+        scores_view = self.scorer.score(inputs).float()
+        scores = torch.full((h.shape[0], length + 1), float("-inf"), device=h.device)
+        scores.scatter_(1, view, scores_view)  # slack lands on the trash column
+        return scores[:, :length]
 
     def _trace(self, prompt: _Prompt, stage_active, selections, layer_stage, prompt_keys) -> Trace:
         config = self.config

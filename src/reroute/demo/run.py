@@ -184,7 +184,7 @@ def run_demo(
 
 def _row_dict(row: Row) -> dict:
     data = asdict(row)
-    data["config"] = None if row.config is None else asdict(row.config)
+    data["config"] = None if row.config is None else row.config.to_dict()
     return data
 
 

@@ -1,0 +1,33 @@
+"""A method is parts: a scoring rule x a schedule x an action, plus an optional vision-side stage.
+
+- `Scorer` (`reroute.methods.scorer`): which visual tokens matter at a decision.
+- `Action` (`reroute.methods.action`): what happens to the others (remove, reroute).
+- `VisionStage` (`reroute.methods.vision_stage`): a reduction before the decoder (Nüwa's stage 1).
+- The schedule (decision layers, keep ratios) is `RoutingConfig` itself, built by `reroute.budget`.
+
+Each kind has a registry; `RoutingConfig` names its parts and is validated against them, and
+the engine, config and cost consult the registered objects. Adding a scorer or an action is
+one module with a registered subclass; see docs/methods.md.
+"""
+
+from reroute.methods.action import ACTIONS, Action, get_action, register_action
+from reroute.methods.registry import Registry
+from reroute.methods.scorer import SCORERS, Scorer, ScoringInputs, get_scorer, register_scorer
+from reroute.methods.vision_stage import VISION_STAGES, VisionStage, get_vision_stage, register_vision_stage
+
+__all__ = [
+    "ACTIONS",
+    "Action",
+    "Registry",
+    "SCORERS",
+    "Scorer",
+    "ScoringInputs",
+    "VISION_STAGES",
+    "VisionStage",
+    "get_action",
+    "get_scorer",
+    "get_vision_stage",
+    "register_action",
+    "register_scorer",
+    "register_vision_stage",
+]
