@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from reroute.config import RoutingConfig, keep_count
+from reroute.dims import decoder_dims, paper_layer_flops, text_config
 
 #: LLaVA-1.5's decoder depth: the depth the paper's decision layers are published for.
 REFERENCE_NUM_LAYERS = 32
@@ -213,7 +214,7 @@ def solve(
     - ``target_avg_t``: the avg_T in tokens (e.g. a tier: 192, 128, 64 for 576 tokens);
     - ``target_flops_fraction``: a fraction of the vanilla decoder FLOPs (paper formula,
       ``4nd^2 + 2n^2d + 2ndm`` per layer with ``n = num_text + visual``); needs ``model=``
-      (a model, a transformers config or a ``reroute.cost.DecoderDims``) for ``d`` and ``m``.
+      (a model, a transformers config or a ``reroute.dims.DecoderDims``) for ``d`` and ``m``.
 
     Works for any depth and any number of decisions; raises a ValueError naming what to
     change when the target cannot be reached (the layers before the first decision already
@@ -238,9 +239,6 @@ def solve(
             raise ValueError(
                 "target_flops_fraction needs the model's dimensions: pass model= (a model, config or DecoderDims)"
             )
-        # reroute.cost builds on this module; importing it here keeps the import graph one-way
-        from reroute.cost import decoder_dims, paper_layer_flops
-
         dims = decoder_dims(model)
         vanilla = num_layers * paper_layer_flops(num_text + num_visual, dims)
 
@@ -316,16 +314,6 @@ def scale_decision_layers(
         scaled[i] = min(scaled[i], upper - 1)
         upper = scaled[i]
     return tuple(scaled)
-
-
-def text_config(model: Any) -> Any:
-    """The decoder's config of a model or config (LLaVA, Qwen2-VL, Qwen2.5-VL, or a plain LLM)."""
-    config = getattr(model, "config", model)  # a model carries its config
-    if hasattr(config, "get_text_config"):
-        return config.get_text_config()
-    if hasattr(config, "text_config"):
-        return config.text_config
-    return config
 
 
 def num_decoder_layers(model: Any) -> int:
