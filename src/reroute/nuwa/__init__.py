@@ -9,6 +9,7 @@ layer): ``llava_stage2_scores`` / ``qwen_stage2_scores``, with the arguments of
 from reroute.nuwa.aggregate import aggregate_anchors, high_saliency, llava_radius, merge_weights, qwen_radius
 from reroute.nuwa.features import VisionFeatures, llava_vision_features, qwen_vision_features
 from reroute.nuwa.params import LLAVA_TIERS, QWEN_RATIOS, NuwaParams, NuwaRatios, llava_params, qwen_ratios
+from reroute.nuwa.place import place_stage1
 from reroute.nuwa.scoring import llava_stage2_scores, qwen_stage2_scores
 from reroute.nuwa.select import cell_candidates, select_anchors
 from reroute.nuwa.stage1 import Stage1Image, nuwa_llava_stage1, nuwa_qwen_stage1, reduce_image
@@ -30,6 +31,7 @@ __all__ = [
     "merge_weights",
     "nuwa_llava_stage1",
     "nuwa_qwen_stage1",
+    "place_stage1",
     "qwen_radius",
     "qwen_ratios",
     "qwen_stage2_scores",

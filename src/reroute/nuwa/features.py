@@ -22,8 +22,8 @@ from torch import nn
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_window_index
 
-#: queries per chunk when summing attention columns (bounds memory at heads x chunk x L floats)
-QUERY_CHUNK = 1024
+#: queries per chunk when summing attention columns (memory: heads x chunk x L floats; 16 x 256 x 16k = 256 MiB)
+QUERY_CHUNK = 256
 
 
 @dataclass(frozen=True)
