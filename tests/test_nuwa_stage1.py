@@ -217,3 +217,14 @@ def test_qwen_several_images_equal_images_one_by_one():
         assert torch.equal(together[i].kept, alone.kept)
         torch.testing.assert_close(together[i].tokens, alone.tokens, atol=1e-5, rtol=0)
         start = stop
+
+
+@torch.no_grad()
+def test_half_precision_models_take_float32_inputs_and_give_float32_saliency():
+    llava = nuwa_llava().to(torch.bfloat16)
+    result = nuwa_llava_stage1(llava, torch.randn(1, 3, 48, 48), NuwaParams(per_cell=1, anchors=5, keep=2))[0]
+    assert (result.saliency.dtype, result.tokens.dtype, result.tokens.shape) == (torch.float32, torch.bfloat16, (5, 48))
+    qwen = nuwa_qwen().to(torch.bfloat16)
+    pixels, grids = qwen_pixels([(1, 6, 10)])
+    result = nuwa_qwen_stage1(qwen, pixels, grids, qwen_ratios(0.5))[0]
+    assert (result.saliency.dtype, result.tokens.dtype, result.tokens.shape) == (torch.float32, torch.bfloat16, (9, 64))

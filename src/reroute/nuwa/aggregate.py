@@ -55,7 +55,8 @@ def merge_weights(
     f = F.normalize(similarity.float(), dim=-1)
     cos = f[anchors] @ f.T
     coords = grid_coordinates(*grid, device=similarity.device)
-    dist = torch.cdist(coords[anchors], coords)
+    offset = coords[anchors][:, None, :] - coords[None, :, :]
+    dist = torch.hypot(offset[..., 0], offset[..., 1])  # exact on the grid (cdist may go through a matmul)
     weights = cos.clamp(min=0) * (1 - dist / radius).clamp(min=0)
     weights[torch.arange(len(anchors), device=weights.device), anchors] = 0.0
     return weights

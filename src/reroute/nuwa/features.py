@@ -97,7 +97,7 @@ def llava_vision_features(
     # transformers 5.24's CLIPVisionModel holds the encoder itself; earlier releases wrapped it in .vision_model
     layers = getattr(tower, "vision_model", tower).encoder.layers
     depth = len(layers)
-    hidden_states = tower(pixel_values, output_hidden_states=True).hidden_states  # depth + 1 states
+    hidden_states = tower(pixel_values.to(tower.dtype), output_hidden_states=True).hidden_states  # depth + 1 states
     selected = layer_index % (depth + 1)
     if selected == 0:
         raise ValueError("Nüwa needs a vision_feature_layer after a CLIP layer (the embeddings have no attention); use -2")
@@ -192,7 +192,8 @@ def qwen_vision_features(
     hooks = [blocks[-1].register_forward_pre_hook(grab_last_input, with_kwargs=True)]
     hooks += [blocks[i].register_forward_hook(accumulate, with_kwargs=True) for i in similarity_blocks]
     try:
-        merged = visual(pixel_values, grid_thw=image_grid_thw).pooler_output  # (sum N, D) raster order
+        # the stock get_image_features casts the patches to the tower's dtype first
+        merged = visual(pixel_values.type(visual.dtype), grid_thw=image_grid_thw).pooler_output  # (sum N, D) raster order
     finally:
         for hook in hooks:
             hook.remove()
