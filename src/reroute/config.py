@@ -156,7 +156,16 @@ class RoutingConfig:
                 stage = s
         return stage
 
+    def decoder_visual_count(self, num_visual: int) -> int:
+        """Visual tokens that enter the decoder for an image of ``num_visual`` tokens (the vision
+        stage's ``K``; ``num_visual`` without a stage). Keep ratios are fractions of this count."""
+        if self.vision_stage is None:
+            return num_visual
+        return VISION_STAGES.get(self.vision_stage).kept_count(num_visual, dict(self.vision_params))
+
     def visual_counts_per_layer(self, num_visual: int, num_layers: int) -> list[int]:
-        """Visual tokens taking part in each decoder layer (the same for both actions, SPEC §1)."""
-        counts = self.keep_counts(num_visual)
-        return [num_visual if (s := self.stage_of_layer(i)) < 0 else counts[s] for i in range(num_layers)]
+        """Visual tokens taking part in each decoder layer (the same for both actions, SPEC §1),
+        for a prompt of one image of ``num_visual`` tokens."""
+        entering = self.decoder_visual_count(num_visual)
+        counts = self.keep_counts(entering)
+        return [entering if (s := self.stage_of_layer(i)) < 0 else counts[s] for i in range(num_layers)]

@@ -18,7 +18,9 @@ Two FLOP counts are reported, because they answer different questions:
 Only the decoder layers are counted: not the embedding, final norm, lm_head or vision
 tower (they do not depend on the routing schedule). The decisions' scoring (SPEC §2: one
 query row against the candidates and always-kept tokens) is reported apart, in
-``scoring_flops``: it is ``O(L d)`` per decision, small next to a layer.
+``scoring_flops``: it is ``O(L d)`` per decision, small next to a layer. A vision stage
+(Nüwa's stage 1) lets only its ``K`` tokens into the decoder, so the per-layer counts start
+from ``K``; the work it adds on the vision side (Nüwa's merge) is ``vision_stage_flops``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 from reroute.budget import avg_t
 from reroute.config import RoutingConfig
 from reroute.dims import DecoderDims, decoder_dims, exact_layer_flops, paper_layer_flops, text_config
-from reroute.methods import get_action
+from reroute.methods import get_action, get_scorer, get_vision_stage
 
 # bytes per value when neither the model nor its config says (bf16/fp16 inference)
 DEFAULT_DTYPE_BYTES = 2
@@ -42,22 +44,35 @@ def scoring_flops(config: RoutingConfig | None, dims: DecoderDims, num_visual: i
     every key token, and one row of ``QK^T`` over every query head. The keys are every
     candidate and always-kept token: the whole prompt for ``reroute`` (and for the first
     decision), the survivors of the previous stage for later ``remove`` decisions. A decision
-    that keeps every candidate (keep ratio 1.0, say) scores nothing.
+    that keeps every candidate (keep ratio 1.0, say) scores nothing. A scorer that reads
+    several query rows (Nüwa on Qwen: 3) pays the query and ``QK^T`` work once per row. With a
+    vision stage, the candidates are the tokens it let into the decoder.
     """
     if config is None:
         return 0
+    num_visual = config.decoder_visual_count(num_visual)
     counts = config.keep_counts(num_visual)
     action = get_action(config.action)
+    rows = get_scorer(config.scorer).query_rows
     total = 0
     for s in range(config.num_decisions):
         candidates = action.num_candidates(num_visual, None if s == 0 else counts[s - 1])
         if counts[s] >= candidates:
             continue
         keys = num_text + candidates
-        total += 2 * dims.hidden_size * dims.q_width  # q of one row
+        total += 2 * rows * dims.hidden_size * dims.q_width  # q of the query rows
         total += 2 * keys * dims.hidden_size * dims.kv_width  # k of every key
-        total += 2 * dims.num_heads * keys * dims.head_dim  # one row of QK^T
+        total += 2 * rows * dims.num_heads * keys * dims.head_dim  # the rows of QK^T
     return total
+
+
+def vision_stage_flops(config: RoutingConfig | None, model: Any, num_visual: int) -> int:
+    """FLOPs the config's vision stage adds for one image of ``num_visual`` tokens (0 without a stage
+    or without the vision tower's dimensions, e.g. for a bare `DecoderDims`)."""
+    if config is None or config.vision_stage is None or not hasattr(getattr(model, "config", model), "vision_config"):
+        return 0
+    stage = get_vision_stage(config.vision_stage)
+    return stage.flops(num_visual, dict(config.vision_params), getattr(model, "config", model))
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,7 @@ class CostReport:
     kv_cache_bytes: int
     kv_cache_bytes_per_layer: tuple[int, ...]
     scoring_flops: int
+    vision_stage_flops: int = 0
     vanilla: CostReport | None = None
 
     @property
@@ -168,6 +184,7 @@ def cost(
     if dtype_bytes is None:
         dtype_bytes = DEFAULT_DTYPE_BYTES if isinstance(model, DecoderDims) else _dtype_bytes(model)
     report = _report(config, dims, num_visual, num_text, batch_size, dtype_bytes)
+    report = replace(report, vision_stage_flops=batch_size * vision_stage_flops(config, model, num_visual))
     if config is None:
         return report
     vanilla = _report(None, dims, num_visual, num_text, batch_size, dtype_bytes)

@@ -42,12 +42,24 @@ class DecodeState:
     layer_stage: tuple[int, ...]
     prompt_keys: tuple[torch.Tensor, ...]
 
+    def past_length(self, cache) -> int:
+        """Positions before the next token: the full prompt plus the tokens decoded so far.
+
+        Layer 0's cache holds the whole prompt, or, after a vision stage, only the tokens that
+        entered the decoder; the decoded tokens are what it holds beyond its prompt entries.
+        """
+        first = self.layer_stage[0]
+        cached_prompt = self.prompt_length if first < 0 else self.prompt_keys[first].shape[1]
+        return self.prompt_length + cache.get_seq_length() - cached_prompt
+
 
 @dataclass(frozen=True)
 class _Prompt:
     """Per-prefill constants, full length with the trash row appended (see `reroute.layout`).
 
-    visual, pad_valid: ``(B, L + 1)`` bool; cos, sin: ``(B, L + 1, head_dim)`` rotary tables at
+    visual, pad_valid: ``(B, L + 1)`` bool; a token a vision stage removed is neither visual nor
+    valid (it is never a key, a candidate or active); present: ``(B, L + 1)`` bool, False
+    exactly on those tokens (and the trash row); cos, sin: ``(B, L + 1, head_dim)`` rotary tables at
     the original positions; query_position: ``(B,)`` each sample's last non-padding token;
     keep: per decision, ``(B,)`` keep counts (0 for a sample without visual tokens).
     """
@@ -56,6 +68,7 @@ class _Prompt:
     num_visual: tuple[int, ...]
     visual: torch.Tensor
     pad_valid: torch.Tensor
+    present: torch.Tensor
     cos: torch.Tensor
     sin: torch.Tensor
     query_position: torch.Tensor
@@ -108,11 +121,17 @@ class RoutedDecoder:
         use_cache: bool,
         visual: torch.Tensor,
         kwargs: dict,
+        present: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, DecodeState, Trace]:
-        """Routed prefill of ``hidden`` (``(B, L, D)`` merged embeddings); returns the normed last hidden state."""
+        """Routed prefill of ``hidden`` (``(B, L, D)`` merged embeddings); returns the normed last hidden state.
+
+        ``present``: ``(B, L)`` bool, False at the visual tokens a vision stage removed. They
+        are removed before layer 0 (no layer runs them, no cache holds them) and every other
+        token keeps its original position.
+        """
         config = self.config
         length = hidden.shape[1]
-        prompt = self._prompt(hidden, attention_mask, positions, visual)
+        prompt = self._prompt(hidden, attention_mask, positions, visual, present)
         stock_mask = self._stock_mask(hidden, attention_mask, cache, positions)
         full_stage = (stock_mask, (prompt.cos[:, :length], prompt.sin[:, :length]), positions.text)
 
@@ -129,6 +148,16 @@ class RoutedDecoder:
         layer_stage: list[int] = []  # per layer, index into prompt_keys (-1: full prompt)
         prompt_keys: list[torch.Tensor] = []  # per compact stage, (B, n) valid keys of its caches
         h = hidden
+        if not bool(prompt.present[:, :length].all()):
+            # The vision stage's removals act before layer 0: the first stage is already compact.
+            layout = Layout.from_active(prompt.present[:, :length])
+            buffer = with_trash_row(hidden)
+            h = layout.gather(buffer)
+            key_valid = layout.valid & layout.gather(prompt.pad_valid)
+            mask = compact_prefill_mask(key_valid, self.text_config._attn_implementation, hidden.dtype)
+            position_embeddings = (layout.gather(prompt.cos), layout.gather(prompt.sin))
+            position_ids = None
+            prompt_keys.append(key_valid)
 
         for i, layer in enumerate(self.layers):
             if i in decisions:
@@ -144,7 +173,8 @@ class RoutedDecoder:
                 candidates = self.action.candidates(visual_now, active_now)
                 # No scores: the decision keeps every candidate (keep ratio 1.0, say).
                 chosen = candidates if scores is None else select_top_k(scores, candidates, prompt.keep[stage])
-                active = self.action.next_active(visual_now, active_now, chosen)  # text and padding always run
+                # text and padding always run; what the vision stage removed never does
+                active = self.action.next_active(visual_now, active_now, chosen) & prompt.present[:, :length]
                 selections.append(chosen)
                 stage_active.append(active)
                 layout = Layout.from_active(active)
@@ -183,13 +213,16 @@ class RoutedDecoder:
         state = DecodeState(prompt_length=length, layer_stage=tuple(layer_stage), prompt_keys=tuple(prompt_keys))
         return h, state, trace
 
-    def _prompt(self, hidden, attention_mask, positions: Positions, visual) -> _Prompt:
+    def _prompt(self, hidden, attention_mask, positions: Positions, visual, present) -> _Prompt:
         batch, length = hidden.shape[:2]
         pad_valid = (
             attention_mask.bool()
             if attention_mask is not None
             else torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
         )
+        if present is None:
+            present = torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
+        pad_valid = pad_valid & present
         visual = visual & pad_valid
         num_visual = visual.sum(dim=1).tolist()
         keep = tuple(
@@ -203,6 +236,7 @@ class RoutedDecoder:
             num_visual=tuple(num_visual),
             visual=with_trash_row(visual),
             pad_valid=with_trash_row(pad_valid),
+            present=with_trash_row(present),
             cos=with_trash_row(cos),
             sin=with_trash_row(sin),
             query_position=(pad_valid * torch.arange(length, device=hidden.device)).argmax(dim=1),
@@ -224,7 +258,7 @@ class RoutedDecoder:
         candidates = self.action.candidates(visual, active)
         if bool((prompt.keep[stage] >= candidates.sum(dim=1)).all()):
             return None
-        keys = self.action.keys(visual, active)
+        keys = self.action.keys(visual, active) & prompt.present[:, :length]
         if layout is not None and torch.equal(keys, active):
             view = layout.index
             hidden_v = h
@@ -250,6 +284,7 @@ class RoutedDecoder:
         decisions = config.decision_layers
         stage_visual = [(a & visual).sum(dim=1).tolist() for a in stage_active]
         stage_tokens = [a.sum(dim=1).tolist() for a in stage_active]
+        entering = prompt.present[:, :length].sum(dim=1).tolist()  # tokens before the first decision
         selected = [[tuple(torch.nonzero(sel[b]).flatten().tolist()) for sel in selections] for b in range(len(num_visual))]
         samples = []
         for b, n_vis in enumerate(num_visual):
@@ -257,7 +292,7 @@ class RoutedDecoder:
             for i in range(len(self.layers)):
                 s = config.stage_of_layer(i)
                 visual_per_layer.append(n_vis if s < 0 else stage_visual[s][b])
-                tokens_per_layer.append(length if s < 0 else stage_tokens[s][b])
+                tokens_per_layer.append(entering[b] if s < 0 else stage_tokens[s][b])
             samples.append(
                 SampleTrace(
                     routed=n_vis > 0,
@@ -283,7 +318,7 @@ class RoutedDecoder:
     ) -> torch.Tensor:
         """Decode step(s) over per-layer caches of different lengths; returns the normed last hidden state."""
         batch, num_new, _ = hidden.shape
-        past = cache.get_seq_length()  # layer 0 is never compacted: prompt + decoded so far
+        past = state.past_length(cache)  # the full prompt + decoded so far
         decoded = past + num_new - state.prompt_length
         if attention_mask is None:
             attention_mask = torch.ones(batch, past + num_new, dtype=torch.long, device=hidden.device)
@@ -294,7 +329,8 @@ class RoutedDecoder:
             )
         decoded_valid = attention_mask[:, state.prompt_length :].bool()
         position_embeddings = self.rotary(hidden, positions.rope)
-        stock_mask = self._stock_mask(hidden, attention_mask, cache, positions)
+        # layers whose cache holds the whole prompt take the stock mask (none after a vision stage)
+        stock_mask = self._stock_mask(hidden, attention_mask, cache, positions) if -1 in state.layer_stage else None
         implementation = self.text_config._attn_implementation
         stage_masks = [
             compact_decode_mask(keys, decoded_valid, num_new, implementation, hidden.dtype) for keys in state.prompt_keys

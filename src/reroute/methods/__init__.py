@@ -13,7 +13,16 @@ one module with a registered subclass; see docs/methods.md.
 from reroute.methods.action import ACTIONS, Action, get_action, register_action
 from reroute.methods.registry import Registry
 from reroute.methods.scorer import SCORERS, Scorer, ScoringInputs, get_scorer, register_scorer
-from reroute.methods.vision_stage import VISION_STAGES, VisionStage, get_vision_stage, register_vision_stage
+from reroute.methods.vision_stage import (
+    VISION_STAGES,
+    StageImage,
+    VisionStage,
+    get_vision_stage,
+    register_vision_stage,
+)
+
+# the built-in parts beyond SPEC §2-§3: Nüwa's vision stage and its stage-2 scorers (registered on import)
+from reroute.methods import nuwa as _nuwa  # noqa: E402, F401  isort: skip
 
 __all__ = [
     "ACTIONS",
@@ -22,6 +31,7 @@ __all__ = [
     "SCORERS",
     "Scorer",
     "ScoringInputs",
+    "StageImage",
     "VISION_STAGES",
     "VisionStage",
     "get_action",

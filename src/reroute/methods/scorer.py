@@ -50,6 +50,8 @@ class Scorer:
 
     name: str = ""
     attention_layer_offset: int = 0
+    #: query rows the rule reads (for `reroute.cost`'s scoring FLOPs)
+    query_rows: int = 1
 
     def score(self, inputs: ScoringInputs) -> torch.Tensor:
         """``(B, n)`` float scores, higher = more important (values on non-keys are ignored)."""
