@@ -125,3 +125,36 @@ def test_new_scorer_runs_through_apply_unchanged(family, key_norm):
         text_model, pos, captured["inputs_embeds"][0], visual.tolist(), config, decisions=[expected]
     )
     torch.testing.assert_close(out.logits[0], model.lm_head(hidden), atol=2e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- actions from outside
+@pytest.mark.parametrize("builtin", ["remove", "reroute"])
+@torch.no_grad()
+def test_engine_and_cost_use_the_action_object_not_its_name(builtin):
+    """A copy of a built-in action registered under another name routes and costs exactly alike:
+    nothing in the engine, config or cost branches on the name."""
+    import dataclasses
+
+    import reroute
+    from reroute.methods import register_action
+
+    base = type(get_action(builtin))
+    copy = type(f"Copy{base.__name__}", (base,), {"name": f"{builtin}_copy_test"})
+    register_action(copy)
+    try:
+        fam = FAMILIES["llava"]
+        model = fam.make_model()
+        inputs = fam.make_batch([fam.make_prompt(2, seed=5), fam.make_prompt(1, seed=6)])
+        config = RoutingConfig(builtin, (1, 3, 4), (0.5, 0.25, 0.25))
+        mirrored = dataclasses.replace(config, action=copy.name)
+        a, ta = routed(model, config, inputs)
+        b, tb = routed(model, mirrored, inputs)
+        assert torch.equal(a.logits, b.logits)
+        assert [s.selected for s in ta] == [s.selected for s in tb]
+        ca, cb = reroute.cost(config, model, 16, 8), reroute.cost(mirrored, model, 16, 8)
+        assert ca.scoring_flops == cb.scoring_flops and ca.kv_cache_bytes == cb.kv_cache_bytes
+        if builtin == "remove":  # the monotone rule comes from the object too
+            with pytest.raises(ValueError, match=r"^keep_ratios grow from 0.25 to 0.5 at decision layer 3: "):
+                RoutingConfig(copy.name, (1, 3), (0.25, 0.5))
+    finally:
+        ACTIONS.unregister(copy.name)
