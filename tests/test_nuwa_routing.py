@@ -312,3 +312,27 @@ def test_nuwa_refuses_a_model_it_is_not_defined_for():
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         reroute.apply(model, config)
     assert "forward" not in model.__dict__  # refused before any state changed
+
+
+@torch.no_grad()
+def test_manual_decode_without_positions_continues_from_the_full_prompt(family):
+    """A decode loop that passes no position ids (only the cache and the full attention mask) gets
+    the same tokens as generate(): positions come from the full prompt length, not layer 0's
+    shorter cache."""
+    family_name, model, make_prompt, make_batch = family
+    if family_name != "llava":  # measured: the stock model fails there too (transformers 5.24 slices no positions)
+        pytest.skip("stock Qwen2.5-VL cannot decode without position ids either; generate() passes them")
+    config = nuwa_config(model, "nuwa_reroute", GRID)
+    inputs = make_batch([make_prompt(1, seed=0)])
+    with reroute.apply(model, config) as handle:
+        expected = model.generate(**inputs, max_new_tokens=5, do_sample=False)[0, -5:]
+        out = model(**inputs, use_cache=True)
+        cache, mask = out.cache, inputs["attention_mask"]
+        assert cache.get_seq_length() < inputs["input_ids"].shape[1]  # layer 0 holds only what entered
+        tokens = [int(out.logits[0, -1].argmax())]
+        for _ in range(4):
+            mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
+            step = model(input_ids=torch.tensor([[tokens[-1]]]), attention_mask=mask, cache=cache, use_cache=True)
+            tokens.append(int(step.logits[0, -1].argmax()))
+        assert handle.trace is not None
+    assert tokens == expected.tolist()
