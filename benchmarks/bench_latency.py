@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Prefill/decode latency, memory and throughput of vanilla, FastV, PDrop and reroute, side by
-side with the decoder-FLOPs limit; the same code as `reroute bench` (see reroute/bench.py).
+side with the decoder-FLOPs limit; the same code as `reroute bench` (see reroute/bench/).
 
     python benchmarks/bench_latency.py                      # full CPU run (~10 min on 1 thread)
     python benchmarks/bench_latency.py --quick              # ~2 min

@@ -5,12 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-)
+from transformers import LlavaForConditionalGeneration
+
+from reroute.model_shapes import build_llava, llava_config
 
 LLAVA_IMAGE_TOKEN = 3
 VOCAB = 64
@@ -18,24 +15,19 @@ VOCAB = 64
 
 def tiny_llava(attn: str = "sdpa", num_layers: int = 6, seed: int = 0) -> LlavaForConditionalGeneration:
     """LLaVA-1.5 architecture at toy size: CLIP tower (16 patches + CLS), projector, Llama decoder with GQA."""
-    torch.manual_seed(seed)
-    vision = CLIPVisionConfig(
+    vision = dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         image_size=32, patch_size=8, projection_dim=32,
     )
-    text = LlamaConfig(
+    text = dict(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
-    config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=LLAVA_IMAGE_TOKEN,
-        vision_feature_select_strategy="default", vision_feature_layer=-2,
+    config = llava_config(
+        text, vision, image_token_id=LLAVA_IMAGE_TOKEN, vision_feature_select_strategy="default", vision_feature_layer=-2,
     )
-    config._attn_implementation = attn
-    model = LlavaForConditionalGeneration(config).eval()
-    model.config._attn_implementation = attn
-    return model
+    return build_llava(config, seed=seed, attn=attn)
 
 
 @dataclass(frozen=True)

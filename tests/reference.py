@@ -37,13 +37,22 @@ def full_attention_map(layer, hidden: torch.Tensor, cos: torch.Tensor, sin: torc
 
 
 @torch.no_grad()
-def reference_scores(layer, hidden, cos, sin, keys: list[int]) -> dict[int, float]:
-    """Score of every key token: the last key's attention row, softmax over ``keys`` only."""
+def reference_scores(layer, hidden, cos, sin, keys: list[int], rows: int = 1, heads: str = "mean") -> dict[int, float]:
+    """Score of every key token: the last key's attention row, softmax over ``keys`` only.
+
+    Nüwa on Qwen (``rows=3, heads="max"``): the rows of the last 3 keys, each over the keys at
+    or before it, averaged over the rows, then the maximum over heads.
+    """
     logits, _ = full_attention_map(layer, hidden, cos, sin)
-    row = logits[:, keys[-1], keys]
-    probs = row.softmax(dim=-1)  # (H, len(keys))
-    probs = probs.mean(dim=0)
-    return {j: float(p) for j, p in zip(keys, probs)}
+    total = torch.zeros(logits.shape[0], len(keys))
+    queries = keys[-rows:]
+    for query in queries:
+        seen = [i for i, j in enumerate(keys) if j <= query]
+        probs = torch.zeros(logits.shape[0], len(keys))
+        probs[:, seen] = logits[:, query, [keys[i] for i in seen]].softmax(dim=-1)  # (H, len(keys))
+        total += probs / len(queries)
+    reduced = total.mean(dim=0) if heads == "mean" else total.amax(dim=0)
+    return {j: float(p) for j, p in zip(keys, reduced)}
 
 
 def _mask(active: list[int], length: int, implementation: str, dtype) -> torch.Tensor:
@@ -61,37 +70,58 @@ def _mask(active: list[int], length: int, implementation: str, dtype) -> torch.T
 
 @torch.no_grad()
 def reference_forward(
-    text_model, rotary_positions, embeds, visual, config: RoutingConfig | None, decisions=None, scores_out=None
-):
+    text_model, rotary_positions, embeds, visual, config: RoutingConfig | None, decisions=None,
+    present=None, score_offset: int = 0, score_rows: int = 1, score_heads: str = "mean", scores_out=None,
+):  # fmt: skip
     """Routed forward of ONE unpadded sample (``embeds`` (L, D)); returns (final hidden (L, D), decisions).
 
     ``decisions``: per decision layer, the selected visual positions; computed from
     ``embeds[:decided_length]`` when not given (decode reuses the prefill's decisions and
     appends text tokens, which are always active).
     ``scores_out``: a list that receives, per decision, ``{candidate position: score}``.
+
+    A vision stage (Nüwa's stage 1): ``present`` (per prompt position) is False at the tokens
+    it dropped; they take part in no layer and are never keys or candidates. Nüwa's scoring:
+    decision ``d`` is scored at layer ``d + score_offset`` on that layer's input, with
+    ``score_rows`` query rows and ``score_heads`` ("mean" or "max") over heads.
     """
     length = embeds.shape[0]
     layers = text_model.layers
     implementation = text_model.config._attn_implementation
     cos, sin = text_model.rotary_emb(embeds[None], rotary_positions)
     cos, sin = cos[0], sin[0]
-    visual_positions = [j for j in range(length) if visual[j]]
+    present = [True] * length if present is None else list(present) + [True] * (length - len(present))
+    visual_positions = [j for j in range(length) if visual[j] and present[j]]
     text_positions = [j for j in range(length) if not visual[j]]
     prompt_length = len(visual) if decisions is None else None
     found = [] if decisions is None else list(decisions)
-    active = list(range(length))
+    active = [j for j in range(length) if present[j]]
+    scored = {}  # decision -> scores, when scored at an earlier layer
     h = embeds.clone()
+
+    def score_at(i, layer):
+        """Score the decisions read from layer ``i`` on its input, with the tokens active now."""
+        for s, d in enumerate(config.decision_layers):
+            if d + score_offset == i:
+                if config.action == "remove":
+                    keys = [j for j in active if j < prompt_length]
+                else:
+                    keys = [j for j in range(prompt_length) if present[j]]
+                args = (layer, h[:prompt_length], cos[:prompt_length], sin[:prompt_length], keys)
+                scored[s] = reference_scores(*args, rows=score_rows, heads=score_heads)
+
+    scoring = config is not None and decisions is None and bool(visual_positions)
     for i, layer in enumerate(layers):
+        if scoring and score_offset == 0:  # the decision layer's own attention, before it decides
+            score_at(i, layer)
         if config is not None and i in config.decision_layers and visual_positions:
             s = config.decision_layers.index(i)
             if decisions is None:
                 if config.action == "reroute":
                     candidates = visual_positions
-                    keys = list(range(prompt_length))
                 else:
                     candidates = [j for j in active if visual[j]]
-                    keys = [j for j in active if j < prompt_length]
-                scores = reference_scores(layer, h[:prompt_length], cos[:prompt_length], sin[:prompt_length], keys)
+                scores = scored[s]
                 if scores_out is not None:
                     scores_out.append({j: scores[j] for j in candidates})
                 k = config.keep_counts(len(visual_positions))[s]
@@ -99,6 +129,8 @@ def reference_forward(
                 found.append(chosen)
             chosen = found[s]
             active = sorted(set(text_positions) | set(chosen))
+        if scoring and score_offset < 0:  # an earlier layer's attention, after any decision taken there
+            score_at(i, layer)
         mask = _mask(active, length, implementation, h.dtype)
         out = layer(h[None], attention_mask=mask, position_embeddings=(cos[None], sin[None]))[0]
         keep = torch.zeros(length, dtype=torch.bool)

@@ -267,7 +267,7 @@ def test_error_messages():
         return str(info.value)
 
     assert message(preset, "fastvv", 128) == (
-        "unknown preset 'fastvv': use one of fastv, pdrop, reroute_vs_fastv, reroute_vs_pdrop"
+        "unknown preset 'fastvv': use one of fastv, pdrop, reroute_vs_fastv, reroute_vs_pdrop, nuwa, nuwa_reroute"
     )
     assert message(preset, "pdrop", 100, ratios="paper") == (
         "ratios='paper' has no published set for tier 100: the paper publishes tiers 192, 128, 64; "

@@ -241,7 +241,10 @@ def test_cli_table_llava(capsys, tmp_path):
     rvp_64 = next(r for r in rows if r[:2] == ["reroute_vs_pdrop", "64"])
     assert rvp_64[4] == "84.2"
     data = json.loads(path.read_text())
-    assert len(data) == 13 and data[0]["preset"] == "vanilla" and data[0]["flops_paper_ratio"] == 1.0
+    assert len(data) == 19 and data[0]["preset"] == "vanilla"  # vanilla, 4 presets and nuwa, nuwa_reroute x 3 tiers
+    assert [d["preset"] for d in data[13:]] == ["nuwa"] * 3 + ["nuwa_reroute"] * 3
+    assert [d["avg_t"] for d in data[13:16]] == [192.0, 128.0, 64.0]
+    assert data[0]["preset"] == "vanilla" and data[0]["flops_paper_ratio"] == 1.0
     assert data[4]["config"]["keep_ratios"] == [0.5965, 0.3558, 0.2123, 0.1266]
 
 

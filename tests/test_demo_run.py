@@ -8,7 +8,7 @@ import pytest
 
 from reroute.budget import avg_t
 from reroute.demo import modeling
-from reroute.demo.run import PAPER_TIERS, format_table, reroute_vs_remove, run_demo, wilson
+from reroute.demo.run import METHODS, PAPER_TIERS, format_table, reroute_vs_remove, run_demo, wilson
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def model_dir(tmp_path_factory):
 def test_demo_smoke_run_writes_a_well_formed_table(model_dir, tmp_path):
     rows = run_demo(model_dir, num_samples=4, batch_size=4, output=tmp_path, progress=False)
     assert [r.method for r in rows[:5]] == ["vanilla", "fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop"]
-    assert len(rows) == 1 + 4 * len(PAPER_TIERS)
+    assert len(rows) == 1 + len(METHODS) * len(PAPER_TIERS)
     vanilla = rows[0]
     assert vanilla.flops_ratio == 1.0 and vanilla.kv_ratio == 1.0 and vanilla.avg_t == 144
     for row in rows[1:]:
@@ -40,7 +40,7 @@ def test_demo_smoke_run_writes_a_well_formed_table(model_dir, tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert table.strip() == format_table(rows) and len(table.strip().splitlines()) == len(rows) + 2
     assert (tmp_path / "decisions.png").stat().st_size > 10_000
-    assert len(reroute_vs_remove(rows)) == 2 * len(PAPER_TIERS)
+    assert len(reroute_vs_remove(rows)) == 3 * len(PAPER_TIERS)  # fastv, pdrop and nuwa counterparts
 
 
 def test_wilson_interval():

@@ -106,13 +106,13 @@ def test_deferred_token_leaves_stage_unchanged(family, model, monkeypatch):
     from reroute.engine import RoutedDecoder
 
     seen = []
-    original = RoutedDecoder._decide
+    original = RoutedDecoder._score
 
     def spy(self, layer, h, layout, buffer, *args):
         seen.append(buffer[:, : buffer.shape[1] - 1].clone())
         return original(self, layer, h, layout, buffer, *args)
 
-    monkeypatch.setattr(RoutedDecoder, "_decide", spy)
+    monkeypatch.setattr(RoutedDecoder, "_score", spy)
     config = RoutingConfig("reroute", (1, 3, 5), (0.25, 0.5, 0.25))
     inputs = _single(family)
     _, trace = routed(model, config, inputs)

@@ -104,9 +104,10 @@ def test_a_sample_without_visual_tokens_records_no_candidates():
 def test_a_plain_run_neither_collects_nor_scores_more(monkeypatch):
     """Without record_scores nothing is gathered for the trace, and keep-all decisions stay unscored."""
     import reroute.engine as engine
+    import reroute.methods.scorer as scorer
 
     calls = {"recorded": 0, "scored": 0}
-    original_scores = engine.last_token_attention
+    original_scores = scorer.last_token_attention
 
     def count_scoring(*args, **kwargs):
         calls["scored"] += 1
@@ -116,7 +117,7 @@ def test_a_plain_run_neither_collects_nor_scores_more(monkeypatch):
         calls["recorded"] += 1
         return ()
 
-    monkeypatch.setattr(engine, "last_token_attention", count_scoring)
+    monkeypatch.setattr(scorer, "last_token_attention", count_scoring)
     monkeypatch.setattr(engine, "_recorded_scores", count_recording)
     family = FAMILIES["llava"]
     model = family.make_model()

@@ -2,8 +2,10 @@
 
 Two instance attributes are set, nothing else is touched: the VLM's ``forward`` (to see the
 prompt's ``input_ids``, where the visual positions are) and its decoder's ``forward`` (the
-routed layer loop). ``restore()`` deletes both, so parameters, buffers and class code are
-never changed.
+routed layer loop); a config with a vision stage sets a third, the inner model's
+``get_image_features`` (the stage runs where the stock model encodes images, also when
+generate() encodes them before the first forward). ``restore()`` deletes them, so
+parameters, buffers and class code are never changed.
 
 The visual positions reach the decoder through a context variable that lives exactly as long
 as one call of the VLM's forward. Decode steps find their prefill's decisions through the KV
@@ -26,6 +28,8 @@ from reroute.backbones import Backbone, backbone_for
 from reroute.config import RoutingConfig
 from reroute.engine import DecodeState, RoutedDecoder
 from reroute.masks import SUPPORTED_ATTENTION
+from reroute.methods import get_vision_stage
+from reroute.methods.vision_stage import split_dropped
 from reroute.trace import Trace
 
 
@@ -61,6 +65,12 @@ class RoutingHandle:
         self._active = True
         model.forward = _wrapping(self._original_model_forward, self._model_forward)
         self.text_model.forward = _wrapping(self._original_text_forward, self._text_forward)
+        self._encoder = model.model if config.vision_stage is not None else None  # owns get_image_features
+        if self._encoder is not None:
+            stage = get_vision_stage(config.vision_stage)
+            self._encoder.get_image_features = _wrapping(
+                self._encoder.get_image_features, stage.image_features(model, config.vision_parameters)
+            )
 
     # ------------------------------------------------------------------ lifecycle
     def restore(self) -> nn.Module:
@@ -68,6 +78,8 @@ class RoutingHandle:
         if self._active:
             del self.model.forward
             del self.text_model.forward
+            if self._encoder is not None:
+                del self._encoder.get_image_features
             self._active = False
         return self.model
 
@@ -129,7 +141,7 @@ class RoutingHandle:
             use_cache = self.text_model.config.use_cache
 
         state = self._decode_states.get(cache) if cache is not None else None
-        past = cache.get_seq_length() if cache is not None else 0
+        past = state.past_length(cache) if state is not None else cache.get_seq_length() if cache is not None else 0
         positions = self.backbone.positions(position_ids, inputs_embeds, past)
         if state is not None:
             if call.visual is not None:
@@ -147,8 +159,11 @@ class RoutingHandle:
         visual = call.visual
         if visual is None or visual.shape != inputs_embeds.shape[:2]:
             visual = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
+        present = None
+        if self._encoder is not None:  # the vision stage marked the image tokens it dropped
+            inputs_embeds, present = split_dropped(inputs_embeds, visual.to(inputs_embeds.device))
         hidden, state, trace = self.decoder.prefill(
-            inputs_embeds, attention_mask, positions, cache, use_cache, visual.to(inputs_embeds.device), kwargs
+            inputs_embeds, attention_mask, positions, cache, use_cache, visual.to(inputs_embeds.device), kwargs, present
         )
         self.trace = trace
         if cache is not None:
@@ -184,6 +199,8 @@ def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone
         )
     if "sliding_attention" in (getattr(text_model.config, "layer_types", None) or ()):
         raise ValueError("sliding-window decoder layers are not supported; load the model with use_sliding_window=False")
+    if config.vision_stage is not None:
+        get_vision_stage(config.vision_stage).check_model(model)
     if "forward" in model.__dict__:
         raise ValueError("this model is already routed (or its forward is patched); call handle.restore() first")
 

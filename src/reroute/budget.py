@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from reroute.config import RoutingConfig, keep_count
+from reroute.dims import decoder_dims, paper_layer_flops, text_config
+from reroute.methods import get_vision_stage
+from reroute.nuwa_presets import NUWA_PRESETS, nuwa_preset
 
 #: LLaVA-1.5's decoder depth: the depth the paper's decision layers are published for.
 REFERENCE_NUM_LAYERS = 32
@@ -101,6 +104,11 @@ def avg_t(
     """avg_T of a routing config on a decoder of ``num_layers`` layers (``None``: vanilla, ``N_vis``)."""
     if config is None:
         return float(num_visual)
+    if config.vision_stage is not None:
+        # Counts start from what the vision stage lets into the decoder (keep ratios are fractions of it).
+        if integer:
+            return math.fsum(config.visual_counts_per_layer(num_visual, num_layers)) / num_layers
+        num_visual = get_vision_stage(config.vision_stage).kept_continuous(num_visual, dict(config.vision_params))
     return schedule_avg_t(config.decision_layers, config.keep_ratios, num_layers, num_visual, integer=integer)
 
 
@@ -213,7 +221,7 @@ def solve(
     - ``target_avg_t``: the avg_T in tokens (e.g. a tier: 192, 128, 64 for 576 tokens);
     - ``target_flops_fraction``: a fraction of the vanilla decoder FLOPs (paper formula,
       ``4nd^2 + 2n^2d + 2ndm`` per layer with ``n = num_text + visual``); needs ``model=``
-      (a model, a transformers config or a ``reroute.cost.DecoderDims``) for ``d`` and ``m``.
+      (a model, a transformers config or a ``reroute.dims.DecoderDims``) for ``d`` and ``m``.
 
     Works for any depth and any number of decisions; raises a ValueError naming what to
     change when the target cannot be reached (the layers before the first decision already
@@ -238,9 +246,6 @@ def solve(
             raise ValueError(
                 "target_flops_fraction needs the model's dimensions: pass model= (a model, config or DecoderDims)"
             )
-        # reroute.cost builds on this module; importing it here keeps the import graph one-way
-        from reroute.cost import decoder_dims, paper_layer_flops
-
         dims = decoder_dims(model)
         vanilla = num_layers * paper_layer_flops(num_text + num_visual, dims)
 
@@ -316,16 +321,6 @@ def scale_decision_layers(
         scaled[i] = min(scaled[i], upper - 1)
         upper = scaled[i]
     return tuple(scaled)
-
-
-def text_config(model: Any) -> Any:
-    """The decoder's config of a model or config (LLaVA, Qwen2-VL, Qwen2.5-VL, or a plain LLM)."""
-    config = getattr(model, "config", model)  # a model carries its config
-    if hasattr(config, "get_text_config"):
-        return config.get_text_config()
-    if hasattr(config, "text_config"):
-        return config.text_config
-    return config
 
 
 def num_decoder_layers(model: Any) -> int:
@@ -412,7 +407,8 @@ def preset(
     """A published schedule as a `RoutingConfig`, for any decoder depth (SPEC §4, §8).
 
     Args:
-        name: "fastv", "pdrop", "reroute_vs_fastv" or "reroute_vs_pdrop".
+        name: "fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop", "nuwa" or "nuwa_reroute"
+            (the last two: see `reroute.nuwa_presets`).
         tier: the budget avg_T in visual tokens (192, 128, 64 are the paper's tiers for 576).
         model: a transformers VLM, its config, or the decoder's layer count. Without
             ``model`` and ``num_layers`` the paper's 32-layer LLaVA-1.5 decoder is assumed.
@@ -426,10 +422,12 @@ def preset(
     Decision layers are the published ones scaled from 32 layers to this depth
     (`scale_decision_layers`).
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
-    spec = PRESETS[name]
+    if name not in PRESETS and name not in NUWA_PRESETS:
+        raise ValueError(f"unknown preset {name!r}: use one of {', '.join((*PRESETS, *NUWA_PRESETS))}")
     depth = _resolve_depth(model, num_layers)
+    if name in NUWA_PRESETS:  # a vision stage and Nüwa's scorer: reroute.nuwa_presets
+        return nuwa_preset(name, tier, model, depth, ratios, num_visual)
+    spec = PRESETS[name]
     layers = scale_decision_layers(spec.reference_layers, depth)
     if ratios == "paper":
         if tier not in spec.paper_ratios:

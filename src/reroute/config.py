@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
-Action = Literal["remove", "reroute"]
+from reroute.methods import ACTIONS as ACTION_REGISTRY
+from reroute.methods import SCORERS, VISION_STAGES
+
+Action = Literal["remove", "reroute"]  # the built-in actions; others may be registered (reroute.methods)
 Execution = Literal["stagewise", "per_layer"]
 
 ACTIONS: tuple[str, ...] = ("remove", "reroute")
@@ -25,7 +29,9 @@ def keep_count(num_visual: int, keep_ratio: float) -> int:
 
 @dataclass(frozen=True)
 class RoutingConfig:
-    """A schedule (decision layers, keep ratios) and an action.
+    """A method: a scoring rule, a schedule (decision layers, keep ratios) and an action,
+    plus an optional vision-side stage. Parts are chosen by name from the registries in
+    `reroute.methods` and checked here, so a config that exists can run.
 
     Attributes:
         action: ``"remove"`` deletes unselected visual tokens for good (FastV, PDrop);
@@ -39,25 +45,45 @@ class RoutingConfig:
         execution: how ``reroute`` runs a stage: ``"stagewise"`` keeps the compact sequence
             through the whole stage, ``"per_layer"`` gathers and scatters at every layer.
             Same numbers; stage-wise moves fewer bytes. ``remove`` always runs stage-wise.
+        scorer: the scoring rule of every decision (``"last_token"``: SPEC §2).
+        vision_stage: a stage that reduces the visual tokens before the decoder (``None``: none;
+            ``"nuwa"``: Nüwa's stage 1). With a stage, ``N_vis`` above is the number of
+            visual tokens the stage kept.
+        vision_params: the vision stage's parameters (a mapping of numbers; stored sorted).
     """
 
     action: Action = "reroute"
     decision_layers: tuple[int, ...] = (3,)
     keep_ratios: tuple[float, ...] = (0.5,)
     execution: Execution = "stagewise"
+    scorer: str = "last_token"
+    vision_stage: str | None = None
+    vision_params: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         # Accept lists from users (and JSON) but store tuples so the config stays hashable.
         object.__setattr__(self, "decision_layers", tuple(self.decision_layers))
         object.__setattr__(self, "keep_ratios", tuple(float(r) for r in self.keep_ratios))
-        if self.action not in ACTIONS:
-            raise ValueError(f"action must be one of {ACTIONS}, got {self.action!r}")
+        params = self.vision_params
+        items = params.items() if isinstance(params, Mapping) else params
+        object.__setattr__(self, "vision_params", tuple(sorted((str(k), v) for k, v in items)))
+        if self.action not in ACTION_REGISTRY:
+            raise ValueError(f"action must be one of {ACTION_REGISTRY.names()}, got {self.action!r}")
+        action = ACTION_REGISTRY.get(self.action)
         if self.execution not in EXECUTIONS:
             raise ValueError(f"execution must be one of {EXECUTIONS}, got {self.execution!r}")
-        if self.action == "remove" and self.execution != "stagewise":
+        if self.execution not in action.executions:
+            able = [a.name for a in ACTION_REGISTRY if self.execution in a.executions]
+            which = f"action={able[0]!r}" if len(able) == 1 else f"action in {tuple(able)}"
             raise ValueError(
-                "execution='per_layer' applies to action='reroute' only; use execution='stagewise' with 'remove'"
+                f"execution={self.execution!r} applies to {which} only; "
+                f"use execution={action.executions[0]!r} with {self.action!r}"
             )
+        SCORERS.get(self.scorer)  # one-line error naming the registered scorers
+        if self.vision_stage is not None:
+            VISION_STAGES.get(self.vision_stage).check_params(dict(self.vision_params))
+        elif self.vision_params:
+            raise ValueError("vision_params are given but vision_stage is None: name the stage, e.g. vision_stage='nuwa'")
         layers, ratios = self.decision_layers, self.keep_ratios
         if not layers:
             raise ValueError("decision_layers is empty: give at least one decision layer, e.g. (3,)")
@@ -76,13 +102,43 @@ class RoutingConfig:
         for r in ratios:
             if not (0.0 < r <= 1.0) or math.isnan(r):
                 raise ValueError(f"keep ratio {r} is outside (0, 1]: each keep ratio must be > 0 and <= 1")
-        if self.action == "remove":
+        if action.monotone:
+            revisiting = next((a.name for a in ACTION_REGISTRY if a.revisits), None)
             for s in range(1, len(ratios)):
                 if ratios[s] > ratios[s - 1]:
                     raise ValueError(
                         f"keep_ratios grow from {ratios[s - 1]} to {ratios[s]} at decision layer {layers[s]}: "
-                        "removed tokens cannot come back; make the ratios non-increasing or use action='reroute'"
+                        f"removed tokens cannot come back; make the ratios non-increasing or use action={revisiting!r}"
                     )
+
+    # ------------------------------------------------------------------ plain data
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-safe plain data; ``RoutingConfig.from_dict(c.to_dict()) == c``."""
+        return {
+            "action": self.action,
+            "decision_layers": list(self.decision_layers),
+            "keep_ratios": list(self.keep_ratios),
+            "execution": self.execution,
+            "scorer": self.scorer,
+            "vision_stage": self.vision_stage,
+            "vision_params": dict(self.vision_params),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoutingConfig:
+        """A config from `to_dict`'s plain data (e.g. read back from JSON); missing keys take their defaults."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"RoutingConfig has no field {unknown[0]!r}: use {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @property
+    def vision_parameters(self) -> dict[str, float]:
+        """The vision stage's parameters, defaults filled in (empty without a stage)."""
+        if self.vision_stage is None:
+            return {}
+        return VISION_STAGES.get(self.vision_stage).resolved(dict(self.vision_params))
 
     @property
     def num_decisions(self) -> int:
@@ -100,7 +156,16 @@ class RoutingConfig:
                 stage = s
         return stage
 
+    def decoder_visual_count(self, num_visual: int) -> int:
+        """Visual tokens that enter the decoder for an image of ``num_visual`` tokens (the vision
+        stage's ``K``; ``num_visual`` without a stage). Keep ratios are fractions of this count."""
+        if self.vision_stage is None:
+            return num_visual
+        return VISION_STAGES.get(self.vision_stage).kept_count(num_visual, dict(self.vision_params))
+
     def visual_counts_per_layer(self, num_visual: int, num_layers: int) -> list[int]:
-        """Visual tokens taking part in each decoder layer (the same for both actions, SPEC §1)."""
-        counts = self.keep_counts(num_visual)
-        return [num_visual if (s := self.stage_of_layer(i)) < 0 else counts[s] for i in range(num_layers)]
+        """Visual tokens taking part in each decoder layer (the same for both actions, SPEC §1),
+        for a prompt of one image of ``num_visual`` tokens."""
+        entering = self.decoder_visual_count(num_visual)
+        counts = self.keep_counts(entering)
+        return [entering if (s := self.stage_of_layer(i)) < 0 else counts[s] for i in range(num_layers)]

@@ -18,7 +18,9 @@ Two FLOP counts are reported, because they answer different questions:
 Only the decoder layers are counted: not the embedding, final norm, lm_head or vision
 tower (they do not depend on the routing schedule). The decisions' scoring (SPEC §2: one
 query row against the candidates and always-kept tokens) is reported apart, in
-``scoring_flops``: it is ``O(L d)`` per decision, small next to a layer.
+``scoring_flops``: it is ``O(L d)`` per decision, small next to a layer. A vision stage
+(Nüwa's stage 1) lets only its ``K`` tokens into the decoder, so the per-layer counts start
+from ``K``; the work it adds on the vision side (Nüwa's merge) is ``vision_stage_flops``.
 """
 
 from __future__ import annotations
@@ -26,96 +28,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from reroute.budget import avg_t, text_config
+from reroute.budget import avg_t
 from reroute.config import RoutingConfig
+from reroute.dims import DecoderDims, decoder_dims, exact_layer_flops, paper_layer_flops, text_config
+from reroute.methods import get_action, get_scorer, get_vision_stage
 
 # bytes per value when neither the model nor its config says (bf16/fp16 inference)
 DEFAULT_DTYPE_BYTES = 2
-
-
-@dataclass(frozen=True)
-class DecoderDims:
-    """The decoder dimensions that cost depends on."""
-
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-
-    @property
-    def q_width(self) -> int:
-        """Output width of the query (and input width of the output) projection."""
-        return self.num_heads * self.head_dim
-
-    @property
-    def kv_width(self) -> int:
-        """Output width of the key and value projections (GQA: fewer heads than queries)."""
-        return self.num_kv_heads * self.head_dim
-
-
-def decoder_dims(model: Any) -> DecoderDims:
-    """The decoder's dimensions of a transformers model or config (LLaVA, Qwen2-VL, Qwen2.5-VL, LLMs).
-
-    Reads the text config's ``hidden_size``, ``intermediate_size``, ``num_hidden_layers``,
-    ``num_attention_heads``, ``num_key_value_heads`` (default: the attention heads) and
-    ``head_dim`` (default: ``hidden_size // num_attention_heads``; Qwen's configs leave it unset).
-    """
-    if isinstance(model, DecoderDims):
-        return model
-    cfg = text_config(model)
-    missing = [
-        key
-        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-        if not isinstance(getattr(cfg, key, None), int)
-    ]
-    if missing:
-        raise ValueError(
-            f"{type(cfg).__name__} lacks {', '.join(missing)}: pass a transformers model or config of a "
-            "decoder (or a VLM whose get_text_config() returns one)"
-        )
-    heads = cfg.num_attention_heads
-    return DecoderDims(
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_layers=cfg.num_hidden_layers,
-        num_heads=heads,
-        num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
-        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
-    )
-
-
-def paper_layer_flops(n: float, dims: DecoderDims, kv_len: float | None = None) -> float:
-    """FastV's per-layer count ``4 n d^2 + 2 n kv d + 2 n d m`` (``kv = n`` in prefill).
-
-    With ``n`` queries attending to ``kv_len`` keys (a decode step: ``n = 1``,
-    ``kv_len`` = cache + 1); ``kv_len = n`` gives the papers' ``4nd^2 + 2n^2d + 2ndm``.
-    """
-    d, m = dims.hidden_size, dims.intermediate_size
-    kv = n if kv_len is None else kv_len
-    return 4 * n * d * d + 2 * n * kv * d + 2 * n * d * m
-
-
-def exact_layer_flops(n: int, dims: DecoderDims, kv_len: int | None = None, *, causal: bool = False) -> int:
-    """FLOPs (2 per multiply-add) of every matmul of one decoder layer for ``n`` query tokens.
-
-    ``kv_len`` keys (default ``n``; the queries are the last ``n`` of them). ``causal=False``
-    counts the full ``n x kv_len`` attention rectangle, as kernels with an explicit mask run
-    it and FlopCounterMode counts it; ``causal=True`` counts only the query-key pairs the
-    causal mask lets through.
-    """
-    d, m = dims.hidden_size, dims.intermediate_size
-    kv = n if kv_len is None else kv_len
-    projections = 2 * n * d * (2 * dims.q_width + 2 * dims.kv_width)  # q, o; k, v
-    mlp = 3 * 2 * n * d * m  # gate, up, down
-    if causal:
-        # query i (0-based among the last n of kv keys) sees kv - n + 1 + i keys
-        pairs = n * (kv - n) + n * (n + 1) // 2
-    else:
-        pairs = n * kv
-    attention = 2 * 2 * dims.num_heads * pairs * dims.head_dim  # QK^T and AV, every query head
-    return projections + mlp + attention
 
 
 def scoring_flops(config: RoutingConfig | None, dims: DecoderDims, num_visual: int, num_text: int) -> int:
@@ -125,21 +44,35 @@ def scoring_flops(config: RoutingConfig | None, dims: DecoderDims, num_visual: i
     every key token, and one row of ``QK^T`` over every query head. The keys are every
     candidate and always-kept token: the whole prompt for ``reroute`` (and for the first
     decision), the survivors of the previous stage for later ``remove`` decisions. A decision
-    that keeps every candidate (keep ratio 1.0, say) scores nothing.
+    that keeps every candidate (keep ratio 1.0, say) scores nothing. A scorer that reads
+    several query rows (Nüwa on Qwen: 3) pays the query and ``QK^T`` work once per row. With a
+    vision stage, the candidates are the tokens it let into the decoder.
     """
     if config is None:
         return 0
+    num_visual = config.decoder_visual_count(num_visual)
     counts = config.keep_counts(num_visual)
+    action = get_action(config.action)
+    rows = get_scorer(config.scorer).query_rows
     total = 0
     for s in range(config.num_decisions):
-        candidates = num_visual if s == 0 or config.action == "reroute" else counts[s - 1]
+        candidates = action.num_candidates(num_visual, None if s == 0 else counts[s - 1])
         if counts[s] >= candidates:
             continue
         keys = num_text + candidates
-        total += 2 * dims.hidden_size * dims.q_width  # q of one row
+        total += 2 * rows * dims.hidden_size * dims.q_width  # q of the query rows
         total += 2 * keys * dims.hidden_size * dims.kv_width  # k of every key
-        total += 2 * dims.num_heads * keys * dims.head_dim  # one row of QK^T
+        total += 2 * rows * dims.num_heads * keys * dims.head_dim  # the rows of QK^T
     return total
+
+
+def vision_stage_flops(config: RoutingConfig | None, model: Any, num_visual: int) -> int:
+    """FLOPs the config's vision stage adds for one image of ``num_visual`` tokens (0 without a stage
+    or without the vision tower's dimensions, e.g. for a bare `DecoderDims`)."""
+    if config is None or config.vision_stage is None or not hasattr(getattr(model, "config", model), "vision_config"):
+        return 0
+    stage = get_vision_stage(config.vision_stage)
+    return stage.flops(num_visual, dict(config.vision_params), getattr(model, "config", model))
 
 
 @dataclass(frozen=True)
@@ -172,6 +105,7 @@ class CostReport:
     kv_cache_bytes: int
     kv_cache_bytes_per_layer: tuple[int, ...]
     scoring_flops: int
+    vision_stage_flops: int = 0
     vanilla: CostReport | None = None
 
     @property
@@ -201,7 +135,7 @@ class CostReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for JSON), ratios included."""
         data = asdict(self)
-        data["config"] = None if self.config is None else asdict(self.config)
+        data["config"] = None if self.config is None else self.config.to_dict()
         for key in ("flops_paper", "flops_exact", "flops_exact_causal", "decode_flops_exact"):
             data[f"{key}_ratio"] = getattr(self, f"{key}_ratio")
         data["kv_cache_ratio"] = self.kv_cache_ratio
@@ -250,6 +184,7 @@ def cost(
     if dtype_bytes is None:
         dtype_bytes = DEFAULT_DTYPE_BYTES if isinstance(model, DecoderDims) else _dtype_bytes(model)
     report = _report(config, dims, num_visual, num_text, batch_size, dtype_bytes)
+    report = replace(report, vision_stage_flops=batch_size * vision_stage_flops(config, model, num_visual))
     if config is None:
         return report
     vanilla = _report(None, dims, num_visual, num_text, batch_size, dtype_bytes)

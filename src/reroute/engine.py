@@ -22,7 +22,8 @@ from reroute.backbones.base import Backbone, Positions, layer_cache_keyword
 from reroute.config import RoutingConfig
 from reroute.layout import Layout, with_trash_row
 from reroute.masks import compact_decode_mask, compact_prefill_mask
-from reroute.scoring import last_token_attention, select_top_k
+from reroute.methods import ScoringInputs, get_action, get_scorer
+from reroute.scoring import select_top_k
 from reroute.trace import DecisionScores, SampleTrace, Trace
 
 
@@ -41,12 +42,24 @@ class DecodeState:
     layer_stage: tuple[int, ...]
     prompt_keys: tuple[torch.Tensor, ...]
 
+    def past_length(self, cache) -> int:
+        """Positions before the next token: the full prompt plus the tokens decoded so far.
+
+        Layer 0's cache holds the whole prompt, or, after a vision stage, only the tokens that
+        entered the decoder; the decoded tokens are what it holds beyond its prompt entries.
+        """
+        first = self.layer_stage[0]
+        cached_prompt = self.prompt_length if first < 0 else self.prompt_keys[first].shape[1]
+        return self.prompt_length + cache.get_seq_length() - cached_prompt
+
 
 @dataclass(frozen=True)
 class _Prompt:
     """Per-prefill constants, full length with the trash row appended (see `reroute.layout`).
 
-    visual, pad_valid: ``(B, L + 1)`` bool; cos, sin: ``(B, L + 1, head_dim)`` rotary tables at
+    visual, pad_valid: ``(B, L + 1)`` bool; a token a vision stage removed is neither visual nor
+    valid (it is never a key, a candidate or active); present: ``(B, L + 1)`` bool, False
+    exactly on those tokens (and the trash row); cos, sin: ``(B, L + 1, head_dim)`` rotary tables at
     the original positions; query_position: ``(B,)`` each sample's last non-padding token;
     keep: per decision, ``(B,)`` keep counts (0 for a sample without visual tokens).
     """
@@ -55,6 +68,7 @@ class _Prompt:
     num_visual: tuple[int, ...]
     visual: torch.Tensor
     pad_valid: torch.Tensor
+    present: torch.Tensor
     cos: torch.Tensor
     sin: torch.Tensor
     query_position: torch.Tensor
@@ -71,6 +85,8 @@ class RoutedDecoder:
         self.record_scores = record_scores  # scores on request (viz): the trace keeps every decision's scores
         self.text_model = text_model
         self.config = config
+        self.action = get_action(config.action)
+        self.scorer = get_scorer(config.scorer)
         self.text_config = text_model.config
         self.layers = backbone.layers(text_model)
         self.norm = backbone.final_norm(text_model)
@@ -108,25 +124,44 @@ class RoutedDecoder:
         use_cache: bool,
         visual: torch.Tensor,
         kwargs: dict,
+        present: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, DecodeState, Trace]:
-        """Routed prefill of ``hidden`` (``(B, L, D)`` merged embeddings); returns the normed last hidden state."""
+        """Routed prefill of ``hidden`` (``(B, L, D)`` merged embeddings); returns the normed last hidden state.
+
+        ``present``: ``(B, L)`` bool, False at the visual tokens a vision stage removed. They
+        are removed before layer 0 (no layer runs them, no cache holds them) and every other
+        token keeps its original position.
+        """
         config = self.config
         length = hidden.shape[1]
-        prompt = self._prompt(hidden, attention_mask, positions, visual)
+        prompt = self._prompt(hidden, attention_mask, positions, visual, present)
         stock_mask = self._stock_mask(hidden, attention_mask, cache, positions)
         full_stage = (stock_mask, (prompt.cos[:, :length], prompt.sin[:, :length]), positions.text)
 
         decisions = {d: s for s, d in enumerate(config.decision_layers)}
-        per_layer = config.action == "reroute" and config.execution == "per_layer"
+        # The scorer may read an earlier layer's attention (Nüwa: the layer before the decision).
+        score_points = {d + self.scorer.attention_layer_offset: s for s, d in enumerate(config.decision_layers)}
+        pending: dict[int, torch.Tensor | None] = {}  # per decision scored ahead of it: its scores
+        per_layer = config.execution == "per_layer"
         layout: Layout | None = None  # None: the whole prompt is active
         buffer: torch.Tensor | None = None  # full-length states (+ trash row) while a stage is compact
         mask, position_embeddings, position_ids = full_stage
         stage_active: list[torch.Tensor] = []  # per decision, (B, L) active positions
         selections: list[torch.Tensor] = []  # per decision, (B, L) selected visual positions
-        scored: list[tuple | None] = []  # scores on request (viz): per decision, what _decide scored
+        scored: list[tuple] = []  # scores on request (viz): per decision, (candidates, scores), both (B, L)
         layer_stage: list[int] = []  # per layer, index into prompt_keys (-1: full prompt)
         prompt_keys: list[torch.Tensor] = []  # per compact stage, (B, n) valid keys of its caches
         h = hidden
+        if not bool(prompt.present[:, :length].all()):
+            # The vision stage's removals act before layer 0: the first stage is already compact.
+            layout = Layout.from_active(prompt.present[:, :length])
+            buffer = with_trash_row(hidden)
+            h = layout.gather(buffer)
+            key_valid = layout.valid & layout.gather(prompt.pad_valid)
+            mask = compact_prefill_mask(key_valid, self.text_config._attn_implementation, hidden.dtype)
+            position_embeddings = (layout.gather(prompt.cos), layout.gather(prompt.sin))
+            position_ids = None
+            prompt_keys.append(key_valid)
 
         for i, layer in enumerate(self.layers):
             if i in decisions:
@@ -135,14 +170,17 @@ class RoutedDecoder:
                     buffer = with_trash_row(h)
                 elif not per_layer:
                     layout.scatter_(buffer, h)
-                chosen, decision_scores = self._decide(layer, h, layout, buffer, prompt, decisions[i])
-                scored.append(decision_scores)  # scores on request (viz)
+                stage = decisions[i]
+                scores = pending.pop(stage) if stage in pending else self._score(layer, h, layout, buffer, prompt, stage)
                 visual_now = prompt.visual[:, :length]
-                if config.action == "reroute":
-                    active = ~visual_now | chosen  # every visual token competed; text and padding always run
-                else:
-                    active_now = layout.active() if layout is not None else torch.ones_like(chosen)
-                    active = active_now & (~visual_now | chosen)  # only survivors competed
+                active_now = layout.active() if layout is not None else torch.ones_like(visual_now)
+                candidates = self.action.candidates(visual_now, active_now)
+                # No scores: the decision keeps every candidate (keep ratio 1.0, say).
+                chosen = candidates if scores is None else select_top_k(scores, candidates, prompt.keep[stage])
+                if self.record_scores:  # scores on request (viz)
+                    scored.append((candidates, scores))
+                # text and padding always run; what the vision stage removed never does
+                active = self.action.next_active(visual_now, active_now, chosen) & prompt.present[:, :length]
                 selections.append(chosen)
                 stage_active.append(active)
                 layout = Layout.from_active(active)
@@ -158,6 +196,13 @@ class RoutedDecoder:
                     prompt_keys.append(key_valid)
             elif per_layer and layout is not None:
                 h = layout.gather(buffer)
+            if i in score_points and score_points[i] != decisions.get(i):
+                # Scored ahead of its decision, on this layer's input, after any decision taken here.
+                if layout is None:
+                    buffer = with_trash_row(h)
+                elif not per_layer:
+                    layout.scatter_(buffer, h)
+                pending[score_points[i]] = self._score(layer, h, layout, buffer, prompt, score_points[i])
 
             layer_stage.append(-1 if layout is None else len(prompt_keys) - 1)
             h = self._run_layer(layer, h, mask, position_embeddings, position_ids, cache, use_cache, kwargs)
@@ -174,13 +219,16 @@ class RoutedDecoder:
         state = DecodeState(prompt_length=length, layer_stage=tuple(layer_stage), prompt_keys=tuple(prompt_keys))
         return h, state, trace
 
-    def _prompt(self, hidden, attention_mask, positions: Positions, visual) -> _Prompt:
+    def _prompt(self, hidden, attention_mask, positions: Positions, visual, present) -> _Prompt:
         batch, length = hidden.shape[:2]
         pad_valid = (
             attention_mask.bool()
             if attention_mask is not None
             else torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
         )
+        if present is None:
+            present = torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
+        pad_valid = pad_valid & present
         visual = visual & pad_valid
         num_visual = visual.sum(dim=1).tolist()
         keep = tuple(
@@ -194,43 +242,46 @@ class RoutedDecoder:
             num_visual=tuple(num_visual),
             visual=with_trash_row(visual),
             pad_valid=with_trash_row(pad_valid),
+            present=with_trash_row(present),
             cos=with_trash_row(cos),
             sin=with_trash_row(sin),
             query_position=(pad_valid * torch.arange(length, device=hidden.device)).argmax(dim=1),
             keep=keep,
         )
 
-    def _decide(self, layer, h, layout: Layout | None, buffer, prompt: _Prompt, stage: int):
-        """``(B, L)`` bool: the visual tokens selected at this decision (SPEC §2, §3); and, only when
-        ``record_scores`` is on, ``(view, candidates, scores)`` for the trace (else None)."""
+    def _score(self, layer, h, layout: Layout | None, buffer, prompt: _Prompt, stage: int) -> torch.Tensor | None:
+        """``(B, L)`` scores of decision ``stage`` from ``layer``'s attention on its input (SPEC §2, §3);
+        ``None`` when the decision keeps every candidate (nothing to score).
+
+        The action says which tokens are candidates and keys. When the keys are exactly the
+        compact sequence (``remove``), the compact states are scored; otherwise the full-length
+        buffer, which holds every token's latest state (a deferred token's is the one it had
+        when it was last deferred).
+        """
         length = prompt.length
-        if self.config.action == "reroute" or layout is None:
-            # Candidates: every visual token, scored from the state it has now.
-            view = torch.arange(length, device=h.device).expand(h.shape[0], -1)
-            hidden_v = buffer[:, :length]
-            cos_v, sin_v = prompt.cos[:, :length], prompt.sin[:, :length]
-            key_valid = prompt.pad_valid[:, :length]
-            candidates = prompt.visual[:, :length]
-        else:
-            # remove: only the survivors are keys and candidates.
+        visual = prompt.visual[:, :length]
+        active = layout.active() if layout is not None else torch.ones_like(visual)
+        candidates = self.action.candidates(visual, active)
+        # scores on request (viz): recorded runs score even when every candidate is kept (same selection)
+        if not self.record_scores and bool((prompt.keep[stage] >= candidates.sum(dim=1)).all()):
+            return None
+        keys = self.action.keys(visual, active) & prompt.present[:, :length]
+        if layout is not None and torch.equal(keys, active):
             view = layout.index
             hidden_v = h
             cos_v, sin_v = layout.gather(prompt.cos), layout.gather(prompt.sin)
             key_valid = layout.valid & layout.gather(prompt.pad_valid)
-            candidates = layout.valid & layout.gather(prompt.visual)
-        keep = prompt.keep[stage]
-        # scores on request (viz): recorded runs score even when every candidate is kept (same selection)
-        if not self.record_scores and bool((keep >= candidates.sum(dim=1)).all()):
-            chosen_view = candidates  # every candidate is kept (e.g. keep ratio 1.0): nothing to score
         else:
-            query_index = (view == prompt.query_position[:, None]).int().argmax(dim=1)
-            scores = last_token_attention(
-                layer, hidden_v, cos_v, sin_v, key_valid, query_index, self.backbone.apply_rotary
-            )
-            chosen_view = select_top_k(scores, candidates, keep)
-        chosen = torch.zeros(h.shape[0], length + 1, dtype=torch.bool, device=h.device)
-        chosen.scatter_(1, view, chosen_view)
-        return chosen[:, :length], ((view, candidates, scores) if self.record_scores else None)
+            view = torch.arange(length, device=h.device).expand(h.shape[0], -1)
+            hidden_v = buffer[:, :length]
+            cos_v, sin_v = prompt.cos[:, :length], prompt.sin[:, :length]
+            key_valid = prompt.pad_valid[:, :length] & keys
+        query_index = (view == prompt.query_position[:, None]).int().argmax(dim=1)
+        inputs = ScoringInputs(layer, hidden_v, cos_v, sin_v, key_valid, query_index, self.backbone.apply_rotary)
+        scores_view = self.scorer.score(inputs).float()
+        scores = torch.full((h.shape[0], length + 1), float("-inf"), device=h.device)
+        scores.scatter_(1, view, scores_view)  # slack lands on the trash column
+        return scores[:, :length]
 
     def _trace(self, prompt: _Prompt, stage_active, selections, layer_stage, prompt_keys, scored=()) -> Trace:
         config = self.config
@@ -240,6 +291,7 @@ class RoutedDecoder:
         decisions = config.decision_layers
         stage_visual = [(a & visual).sum(dim=1).tolist() for a in stage_active]
         stage_tokens = [a.sum(dim=1).tolist() for a in stage_active]
+        entering = prompt.present[:, :length].sum(dim=1).tolist()  # tokens before the first decision
         selected = [[tuple(torch.nonzero(sel[b]).flatten().tolist()) for sel in selections] for b in range(len(num_visual))]
         samples = []
         for b, n_vis in enumerate(num_visual):
@@ -247,7 +299,7 @@ class RoutedDecoder:
             for i in range(len(self.layers)):
                 s = config.stage_of_layer(i)
                 visual_per_layer.append(n_vis if s < 0 else stage_visual[s][b])
-                tokens_per_layer.append(length if s < 0 else stage_tokens[s][b])
+                tokens_per_layer.append(entering[b] if s < 0 else stage_tokens[s][b])
             samples.append(
                 SampleTrace(
                     routed=n_vis > 0,
@@ -274,7 +326,7 @@ class RoutedDecoder:
     ) -> torch.Tensor:
         """Decode step(s) over per-layer caches of different lengths; returns the normed last hidden state."""
         batch, num_new, _ = hidden.shape
-        past = cache.get_seq_length()  # layer 0 is never compacted: prompt + decoded so far
+        past = state.past_length(cache)  # the full prompt + decoded so far
         decoded = past + num_new - state.prompt_length
         if attention_mask is None:
             attention_mask = torch.ones(batch, past + num_new, dtype=torch.long, device=hidden.device)
@@ -285,7 +337,8 @@ class RoutedDecoder:
             )
         decoded_valid = attention_mask[:, state.prompt_length :].bool()
         position_embeddings = self.rotary(hidden, positions.rope)
-        stock_mask = self._stock_mask(hidden, attention_mask, cache, positions)
+        # layers whose cache holds the whole prompt take the stock mask (none after a vision stage)
+        stock_mask = self._stock_mask(hidden, attention_mask, cache, positions) if -1 in state.layer_stage else None
         implementation = self.text_config._attn_implementation
         stage_masks = [
             compact_decode_mask(keys, decoded_valid, num_new, implementation, hidden.dtype) for keys in state.prompt_keys
@@ -302,7 +355,8 @@ class RoutedDecoder:
 def _recorded_scores(scored, b: int) -> tuple[DecisionScores, ...]:
     """Scores on request (viz): sample ``b``'s candidates (original positions) and their scores, per decision."""
     out = []
-    for view, candidates, scores in scored:
+    for candidates, scores in scored:
         keep = candidates[b]
-        out.append(DecisionScores(positions=view[b][keep].cpu(), scores=scores[b][keep].float().cpu()))
+        positions = torch.nonzero(keep).flatten()
+        out.append(DecisionScores(positions=positions.cpu(), scores=scores[b][keep].float().cpu()))
     return tuple(out)

@@ -7,25 +7,25 @@ It shows the whole user path — `apply`, the model's own forward and `generate(
 from __future__ import annotations
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
 import reroute
+from reroute.model_shapes import build_llava, llava_config
 
 
 def tiny_random_llava(num_layers: int = 8, seed: int = 0) -> LlavaForConditionalGeneration:
     """LLaVA-1.5's architecture at toy size: 64 visual tokens per image, 8 decoder layers."""
-    torch.manual_seed(seed)
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=8
-        ),
-        text_config=LlamaConfig(
+    config = llava_config(
+        text=dict(
             vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=num_layers,
             num_attention_heads=4, num_key_value_heads=4, pad_token_id=0,
         ),
+        vision=dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=8
+        ),
         image_token_id=3,
     )
-    return LlavaForConditionalGeneration(config).eval()
+    return build_llava(config, seed=seed)
 
 
 def run_quickstart() -> int:

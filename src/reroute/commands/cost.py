@@ -12,6 +12,8 @@ import json
 import sys
 
 from reroute.budget import PAPER_TIERS, PRESETS, REFERENCE_NUM_VISUAL, preset
+from reroute.nuwa import QWEN_RATIOS
+from reroute.nuwa_presets import NUWA_PRESETS, nuwa_family
 from reroute.cost import CostReport, cost
 from reroute.model_shapes import MODEL_SHAPES
 
@@ -46,12 +48,21 @@ def target_avg_t(tier: int, num_visual: int) -> float:
 
 
 def rows(model_name: str, ratios: str, num_visual: int, num_text: int) -> list[Row]:
-    """Vanilla, then every preset at the paper's three tiers (scaled to ``num_visual``)."""
+    """Vanilla, then every preset at the paper's three tiers (scaled to ``num_visual``).
+
+    Nüwa's published Qwen2.5-VL settings are overall keep ratios (0.25 / 0.5 / 0.75), not
+    tiers: with ``ratios="paper"`` on a Qwen shape its rows are at ``keep x num_visual``.
+    """
     config = MODELS[model_name]()
     table: list[Row] = [("vanilla", None, None, cost(None, config, num_visual, num_text))]
-    for name in PRESETS:
+    for name in (*PRESETS, *NUWA_PRESETS):
         for tier in PAPER_TIERS:
             target = target_avg_t(tier, num_visual)
+            if name in NUWA_PRESETS and ratios == "paper" and nuwa_family(config) == "qwen2_5_vl":
+                keep = sorted(QWEN_RATIOS, reverse=True)[PAPER_TIERS.index(tier)]
+                routing = preset(name, keep * num_visual, model=config, ratios="paper", num_visual=num_visual)
+                table.append((name, None, keep * num_visual, cost(routing, config, num_visual, num_text)))
+                continue
             # "paper" looks the set up by its published tier; "solved" hits the scaled target
             routing = preset(
                 name,
@@ -64,10 +75,19 @@ def rows(model_name: str, ratios: str, num_visual: int, num_text: int) -> list[R
     return table
 
 
+def _ratios(config) -> str:
+    """Keep ratios; after a vision stage, its kept fraction and per-cell count first (``K0.1944,n1|0.1429``)."""
+    ratios = ",".join(f"{x:.4g}" for x in config.keep_ratios)
+    if config.vision_stage is None:
+        return ratios
+    p = config.vision_parameters
+    return f"K{p['keep_fraction']:.4g},n{p['per_cell']}|{ratios}"
+
+
 def format_table(table: list[Row]) -> str:
     header = (
         "preset", "tier", "ratios", "layers", "avg_T", "avg_T int",
-        "TFLOPs", "rel", "exact rel", "KV MB", "KV rel",
+        "TFLOPs", "rel", "exact rel", "KV MB", "KV rel", "vision GFLOPs",
     )  # fmt: skip
     lines = [header]
     for name, _, target, r in table:
@@ -76,7 +96,7 @@ def format_table(table: list[Row]) -> str:
             (
                 name,
                 "-" if target is None else f"{target:g}" if target == int(target) else f"{target:.1f}",
-                "-" if cfg is None else ",".join(f"{x:.4g}" for x in cfg.keep_ratios),
+                "-" if cfg is None else _ratios(cfg),
                 "-" if cfg is None else ",".join(str(d) for d in cfg.decision_layers),
                 f"{r.avg_t_continuous:.1f}",
                 f"{r.avg_t:.1f}",
@@ -85,6 +105,7 @@ def format_table(table: list[Row]) -> str:
                 f"{r.flops_exact_ratio:.3f}",
                 f"{r.kv_cache_bytes / 2**20:.1f}",
                 f"{r.kv_cache_ratio:.3f}",
+                f"{r.vision_stage_flops / 1e9:.2f}" if r.vision_stage_flops else "-",
             )
         )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
@@ -113,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
     if args.num_visual != REFERENCE_NUM_VISUAL:
         print(f"tiers 192/128/64 (of {REFERENCE_NUM_VISUAL} tokens) scaled to {args.num_visual} visual tokens")
     print("TFLOPs: decoder prefill, paper formula 4nd^2+2n^2d+2ndm; exact: every matmul (2 FLOPs/MAC). "
-          "avg_T: continuous, and with the integer keep counts used.\n")  # fmt: skip
+          "avg_T: continuous, and with the integer keep counts used.")  # fmt: skip
+    print("nuwa rows: K = kept fraction of the visual tokens before the decoder (stage 1), n per 2x2 cell, then the "
+          "decoder's keep ratios of K; the stage-1 merge adds the vision-side GFLOPs of the last column.\n")  # fmt: skip
     print(format_table(table))
     if args.json:
         payload = [

@@ -130,10 +130,10 @@ def build_processor():
 
 
 def build_config(tokenizer=None):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    from reroute.model_shapes import llava_config
 
     tokenizer = tokenizer or build_tokenizer()
-    vision = CLIPVisionConfig(
+    vision = dict(
         image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
         num_channels=3,
@@ -141,7 +141,7 @@ def build_config(tokenizer=None):
         attention_dropout=0.0,
         **VISION,
     )
-    text = LlamaConfig(
+    text = dict(
         vocab_size=len(tokenizer),
         max_position_embeddings=512,
         rms_norm_eps=1e-5,
@@ -152,9 +152,9 @@ def build_config(tokenizer=None):
         pad_token_id=tokenizer.pad_token_id,
         **TEXT,
     )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
+    config = llava_config(
+        text,
+        vision,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         image_seq_length=NUM_IMAGE_TOKENS,
         projector_hidden_act="gelu",
@@ -204,12 +204,10 @@ def _init_vision_positions(model, scale: float = 0.3) -> None:
 
 def build_model(seed: int = 0, processor=None):
     """A freshly initialised model (deterministic for ``seed``) and its processor."""
-    from transformers import LlavaForConditionalGeneration
+    from reroute.model_shapes import build_llava
 
     processor = processor or build_processor()
-    config = build_config(processor.tokenizer)
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    model = build_llava(build_config(processor.tokenizer), seed=seed).train()  # a fresh module trains
     with torch.no_grad():
         model.get_input_embeddings().weight.normal_(0.0, EMBED_INIT_STD)
     _init_coordinate_embeddings(model, processor.tokenizer, seed)

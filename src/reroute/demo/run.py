@@ -26,7 +26,7 @@ from reroute.demo import modeling, synthetic
 from reroute.demo.train import _score, generate_answers, summarize
 
 PAPER_TIERS = (192, 128, 64)
-METHODS = ("fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop")
+METHODS = ("fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop", "nuwa", "nuwa_reroute")
 #: the held-out split the demo evaluates (never used in training)
 EVAL_SPLIT, EVAL_SEED = "test", 2026
 
@@ -184,7 +184,7 @@ def run_demo(
 
 def _row_dict(row: Row) -> dict:
     data = asdict(row)
-    data["config"] = None if row.config is None else asdict(row.config)
+    data["config"] = None if row.config is None else row.config.to_dict()
     return data
 
 
@@ -209,7 +209,7 @@ def reroute_vs_remove(rows: Sequence[Row]) -> list[str]:
     by_key = {(r.method, r.paper_tier): r for r in rows}
     lines = []
     for tier in PAPER_TIERS:
-        for ours, base in (("reroute_vs_fastv", "fastv"), ("reroute_vs_pdrop", "pdrop")):
+        for ours, base in (("reroute_vs_fastv", "fastv"), ("reroute_vs_pdrop", "pdrop"), ("nuwa_reroute", "nuwa")):
             a, b = by_key[(ours, tier)].grounding, by_key[(base, tier)].grounding
             lines.append(f"tier {tier}: {ours} {a.value:.3f} vs {base} {b.value:.3f} ({a.value - b.value:+.3f})")
     return lines

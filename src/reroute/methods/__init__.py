@@ -1,0 +1,43 @@
+"""A method is parts: a scoring rule x a schedule x an action, plus an optional vision-side stage.
+
+- `Scorer` (`reroute.methods.scorer`): which visual tokens matter at a decision.
+- `Action` (`reroute.methods.action`): what happens to the others (remove, reroute).
+- `VisionStage` (`reroute.methods.vision_stage`): a reduction before the decoder (Nüwa's stage 1).
+- The schedule (decision layers, keep ratios) is `RoutingConfig` itself, built by `reroute.budget`.
+
+Each kind has a registry; `RoutingConfig` names its parts and is validated against them, and
+the engine, config and cost consult the registered objects. Adding a scorer or an action is
+one module with a registered subclass; see docs/methods.md.
+"""
+
+from reroute.methods.action import ACTIONS, Action, get_action, register_action
+from reroute.methods.registry import Registry
+from reroute.methods.scorer import SCORERS, Scorer, ScoringInputs, get_scorer, register_scorer
+from reroute.methods.vision_stage import (
+    VISION_STAGES,
+    StageImage,
+    VisionStage,
+    get_vision_stage,
+    register_vision_stage,
+)
+
+# the built-in parts beyond SPEC §2-§3: Nüwa's vision stage and its stage-2 scorers (registered on import)
+from reroute.methods import nuwa as _nuwa  # noqa: E402, F401  isort: skip
+
+__all__ = [
+    "ACTIONS",
+    "Action",
+    "Registry",
+    "SCORERS",
+    "Scorer",
+    "ScoringInputs",
+    "StageImage",
+    "VISION_STAGES",
+    "VisionStage",
+    "get_action",
+    "get_scorer",
+    "get_vision_stage",
+    "register_action",
+    "register_scorer",
+    "register_vision_stage",
+]
