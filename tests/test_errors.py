@@ -98,7 +98,7 @@ def test_not_a_config():
 def test_double_apply_is_refused_and_restore_allows_again():
     model = tiny_llava()
     handle = reroute.apply(model, RoutingConfig())
-    with pytest.raises(ValueError, match=r"^this model is already routed \(or its forward is patched\); call handle.restore\(\) first$"):
+    with pytest.raises(ValueError, match=r"^this model is already routed; call handle.restore\(\) first$"):
         reroute.apply(model, RoutingConfig())
     handle.restore()
     reroute.apply(model, RoutingConfig()).restore()
