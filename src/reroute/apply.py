@@ -262,7 +262,7 @@ def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone
         raise ValueError("sliding-window decoder layers are not supported; load the model with use_sliding_window=False")
     if Patch.installed(model, "generate") is not None or Patch.installed(text_model, "forward") is not None:
         raise ValueError("this model is already routed; call handle.restore() first")
-    if "forward" in text_model.__dict__:
+    if Patch.foreign(text_model, "forward"):
         # The routed path replaces the decoder's forward; another library's wrapper there would be skipped.
         raise ValueError(
             f"the forward of {type(text_model).__name__} is already patched by another library; "

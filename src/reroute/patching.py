@@ -45,6 +45,17 @@ class Patch:
         module.__dict__[name] = self
 
     @staticmethod
+    def foreign(module: nn.Module, name: str) -> bool:
+        """True when another library set ``module.<name>`` on the instance (a copy's plain bound method is not)."""
+        current = module.__dict__.get(name)
+        if current is None:
+            return False
+        plain = getattr(current, "__self__", None) is module and getattr(current, "__func__", None) is getattr(
+            type(module), name, None
+        )
+        return not plain and not isinstance(current, Patch)
+
+    @staticmethod
     def installed(module: nn.Module, name: str) -> Patch | None:
         """The active `Patch` of ``module.<name>``, found through wrappers installed after it."""
         current = module.__dict__.get(name)
