@@ -192,6 +192,8 @@ def _embeds_inputs(model, inputs):
 def test_inputs_embeds_with_pixels_routes_like_input_ids(family, model):
     config = CONFIGS["reroute_stagewise"]
     inputs = _single(family)
+    # Without input_ids the stock Qwen models derive other M-RoPE positions: give both calls the same ones.
+    inputs["position_ids"] = decoder_inputs(model, inputs).get("position_ids")
     with reroute.apply(model, config) as handle, torch.no_grad():
         by_ids = model(**inputs).logits
         trace_ids = handle.trace
