@@ -60,8 +60,12 @@ def _mask(active: list[int], length: int, implementation: str, dtype) -> torch.T
 
 
 @torch.no_grad()
-def reference_forward(text_model, rotary_positions, embeds, visual, config: RoutingConfig | None, decisions=None):
+def reference_forward(
+    text_model, rotary_positions, embeds, visual, config: RoutingConfig | None, decisions=None, states: list | None = None
+):
     """Routed forward of ONE unpadded sample (``embeds`` (L, D)); returns (final hidden (L, D), decisions).
+
+    ``states``: when a list, each layer's full-length output (L, D) is appended to it.
 
     ``decisions``: per decision layer, the selected visual positions; computed from
     ``embeds[:decided_length]`` when not given (decode reuses the prefill's decisions and
@@ -99,4 +103,6 @@ def reference_forward(text_model, rotary_positions, embeds, visual, config: Rout
         keep = torch.zeros(length, dtype=torch.bool)
         keep[active] = True
         h = torch.where(keep[:, None], out, h)  # inactive tokens bypass the layer
+        if states is not None:
+            states.append(h)
     return text_model.norm(h[None])[0], found

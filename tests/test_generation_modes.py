@@ -22,6 +22,7 @@ from reference import reference_forward
 import reroute
 from reroute import RoutingConfig
 from reroute.apply import UNKNOWN_POSITIONS
+from reroute.backbones import backbone_for
 
 CONFIGS = {
     "remove_pdrop": RoutingConfig("remove", (1, 3, 4), (0.5, 0.25, 0.1)),
@@ -465,3 +466,81 @@ def test_pickling_after_a_forward_fails_as_on_the_stock_model():
                 pickle.dumps(routed)
     with pytest.raises(AttributeError, match="install_output_capuring_hook"):
         pickle.dumps(stock)
+
+
+# ----------------------------------------------------------------------------- 9. hidden states and attentions
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_hidden_states_and_attentions_equal_the_reference(family, name):
+    """Full length at every layer; a token that did not take part in a layer keeps its state through it,
+    and its attention row and column there are 0."""
+    model = family.make_model(attn="eager")
+    config = CONFIGS[name]
+    inputs = _single(family)
+    with reroute.apply(model, config) as handle, torch.no_grad():
+        out = model(**inputs, output_hidden_states=True, output_attentions=True)
+        trace = handle.trace
+    length = inputs["input_ids"].shape[1]
+    visual = visual_mask(model, inputs)[0].tolist()
+    captured = decoder_inputs(model, inputs)
+    text_model = model.model.language_model
+    states, weights = [], []
+    hook = [a.self_attn.register_forward_hook(lambda m, i, o: weights.append(o[1][0])) for a in text_model.layers]
+    try:
+        final, decisions = reference_forward(
+            text_model, _rope(captured, length), captured["inputs_embeds"][0], visual, config, states=states
+        )
+    finally:
+        for h in hook:
+            h.remove()
+    assert len(out.hidden_states) == len(text_model.layers) + 1 and len(out.attentions) == len(text_model.layers)
+    torch.testing.assert_close(out.hidden_states[0][0], captured["inputs_embeds"][0], atol=0, rtol=0)
+    for i, state in enumerate(states[:-1]):
+        torch.testing.assert_close(out.hidden_states[i + 1][0], state, atol=2e-5, rtol=0)
+    torch.testing.assert_close(out.hidden_states[-1][0], final, atol=2e-5, rtol=0)
+    for i, (ours, ref) in enumerate(zip(out.attentions, weights)):
+        stage = config.stage_of_layer(i)
+        active = torch.ones(length, dtype=torch.bool)
+        if stage >= 0:
+            active = ~torch.tensor(visual) | torch.zeros(length, dtype=torch.bool).index_fill(0, torch.tensor(decisions[stage]), True)
+        assert ours.shape == (1, ref.shape[0], length, length)
+        pair = active[:, None] & active[None, :]
+        torch.testing.assert_close(ours[0][:, pair], ref[:, pair], atol=2e-5, rtol=0)
+        assert not ours[0][:, ~pair].any()
+    assert list(trace[0].selected) == [tuple(d) for d in decisions]
+
+
+def test_generate_returns_hidden_states_and_attentions_in_stock_shapes(family):
+    model = family.make_model(attn="eager")
+    inputs = _mixed_batch(family)
+    options = dict(GREEDY, return_dict_in_generate=True, output_hidden_states=True, output_attentions=True)
+    # without a cache the stock model re-reads every token id: a generated image token id would break it
+    options["suppress_tokens"] = list(backbone_for(model).visual_token_ids(model.config))
+    with torch.no_grad():
+        stock = model.generate(**inputs, **options)
+        stock_uncached = model.generate(**inputs, use_cache=False, **options)
+        with reroute.apply(model, CONFIGS["remove_pdrop"]):
+            routed = model.generate(**inputs, **options)
+            uncached = model.generate(**inputs, use_cache=False, **options)
+
+    def shapes(steps):
+        return [[t.shape for t in step] for step in steps]
+
+    for got, expected in ((routed, stock), (uncached, stock_uncached)):
+        assert shapes(got.hidden_states) == shapes(expected.hidden_states)
+        assert shapes(got.attentions) == shapes(expected.attentions)
+    # the last decode step: every layer's hidden state of the new token agrees with the no-cache run's last row
+    for cached_state, full_state in zip(routed.hidden_states[-1], uncached.hidden_states[-1]):
+        torch.testing.assert_close(cached_state[:, -1], full_state[:, -1], atol=2e-5, rtol=0)
+    for cached_rows, full_rows in zip(routed.attentions[-1], uncached.attentions[-1]):
+        torch.testing.assert_close(cached_rows[:, :, -1], full_rows[:, :, -1], atol=2e-5, rtol=0)
+
+
+def test_output_attentions_under_sdpa_is_refused():
+    model = tiny_llava()
+    inputs = llava_batch([llava_prompt(1)])
+    message = (
+        "output_attentions=True needs attention weights, which attn_implementation='sdpa' does not compute; "
+        "load the model with attn_implementation='eager'"
+    )
+    with reroute.apply(model, RoutingConfig()), torch.no_grad(), pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        model(**inputs, output_attentions=True)

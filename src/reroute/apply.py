@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import inspect
 import warnings
 import weakref
@@ -27,6 +28,7 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from reroute import outputs
 from reroute.backbones import Backbone, backbone_for
 from reroute.backbones.base import Positions
 from reroute.config import RoutingConfig
@@ -48,7 +50,6 @@ class _Call:
 # Set for the duration of one multimodal forward; reset in `finally`, so it never outlives the call.
 _CURRENT_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("reroute_call", default=None)
 
-_UNSUPPORTED_OUTPUTS = ("output_attentions", "output_hidden_states")
 # keyword arguments through which a multimodal forward receives images or video (or their features)
 _VISUAL_INPUTS = ("pixel_values", "pixel_values_videos", "image_embeds", "video_embeds", "mm_encoder_outputs")
 UNKNOWN_POSITIONS = (
@@ -97,6 +98,8 @@ class RoutingHandle:
         self.trace: Trace | None = None
         # decisions of each routed prefill, found again by the cache that decode steps continue
         self._decode_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # per layer, the compact layout of its prefill (for output_attentions in decode steps)
+        self._layer_layouts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._warned_unknown = False
         self._active = True
         self._patches = [
@@ -179,15 +182,24 @@ class RoutingHandle:
             )
         cache = kwargs.pop("past_key_values", cache)
         kwargs.pop("return_dict", None)
-        for name in _UNSUPPORTED_OUTPUTS:
-            if kwargs.pop(name, None):
-                raise ValueError(f"{name}=True is not supported on a routed model; call handle.restore() first")
+        # stock defaults come from the decoder's config, as its own forward reads them
+        want_hidden = kwargs.pop("output_hidden_states", None)
+        want_hidden = getattr(self.text_model.config, "output_hidden_states", False) if want_hidden is None else want_hidden
+        want_attentions = kwargs.pop("output_attentions", None)
+        want_attentions = getattr(self.text_model.config, "output_attentions", False) if want_attentions is None else want_attentions
+        implementation = self.text_model.config._attn_implementation
+        if want_attentions and implementation != "eager":
+            raise ValueError(
+                f"output_attentions=True needs attention weights, which attn_implementation={implementation!r} does not "
+                "compute; load the model with attn_implementation='eager'"
+            )
         if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2):
             raise ValueError("reroute needs the 2-D padding attention_mask (batch, length) that processors return")
         if inputs_embeds is None:
             inputs_embeds = self.text_model.embed_tokens(input_ids)
         if use_cache is None:
             use_cache = self.text_model.config.use_cache
+        recording = functools.partial(outputs.recording, self.decoder.layers, bool(want_hidden), bool(want_attentions))
 
         state = self._decode_states.get(cache) if cache is not None else None
         past = cache.get_seq_length() if cache is not None else 0
@@ -198,8 +210,20 @@ class RoutingHandle:
                     "new visual tokens cannot continue a routed cache; start a new generate() call for a new image"
                 )
             # decode steps, or a continuation with more text: new tokens attend to each layer's cached active keys
-            hidden = self.decoder.decode(inputs_embeds, attention_mask, positions, cache, use_cache, state, kwargs)
-            return BaseModelOutputWithPast(last_hidden_state=hidden, cache=cache)
+            with recording() as record:
+                hidden = self.decoder.decode(inputs_embeds, attention_mask, positions, cache, use_cache, state, kwargs)
+            hidden_states = attentions = None
+            if want_hidden:  # new tokens take part in every layer
+                hidden_states = outputs.select_hidden_states([inputs_embeds, *record.hidden[:-1], hidden], want_hidden)
+            if want_attentions:
+                layouts = self._layer_layouts.get(cache)
+                layouts = layouts() if callable(layouts) else layouts
+                attentions = tuple(
+                    outputs.decode_attentions(record, layouts, state.prompt_length, past, inputs_embeds.shape[1])
+                )
+            return BaseModelOutputWithPast(
+                last_hidden_state=hidden, cache=cache, hidden_states=hidden_states, attentions=attentions
+            )
         if past > 0:
             raise ValueError(
                 "reroute cannot continue a KV cache it did not fill; run the prompt through the routed model first"
@@ -225,13 +249,35 @@ class RoutingHandle:
         # The query row (the last prompt token) takes part in every layer: it is never a candidate (docs/semantics.md).
         visual = visual & ~_last_real_token(prompt_mask, visual.shape, visual.device)
         head, tail = _prefix(positions, prompt_length)
-        hidden, state, trace = self.decoder.prefill(
-            inputs_embeds[:, :prompt_length], prompt_mask, head, work_cache,
-            use_cache or prompt_length < length, visual, kwargs,
-        )  # fmt: skip
+        with recording() as record:
+            hidden, state, trace = self.decoder.prefill(
+                inputs_embeds[:, :prompt_length], prompt_mask, head, work_cache,
+                use_cache or prompt_length < length, visual, kwargs,
+            )  # fmt: skip
+        layouts = functools.partial(self._prefill_layouts, trace, visual, prompt_mask)  # built only when asked for
+        if want_hidden or want_attentions:
+            layouts = layouts()
+        hidden_states = attentions = None
+        if want_hidden:
+            hidden_states = outputs.prefill_hidden_states(inputs_embeds[:, :prompt_length], record, layouts, hidden)
+        if want_attentions:
+            attentions = outputs.prefill_attentions(record, layouts, prompt_length)
         if prompt_length < length:
-            rest = self.decoder.decode(inputs_embeds[:, prompt_length:], attention_mask, tail, work_cache, True, state, kwargs)
+            with recording() as record:
+                rest = self.decoder.decode(
+                    inputs_embeds[:, prompt_length:], attention_mask, tail, work_cache, True, state, kwargs
+                )
             hidden = torch.cat([hidden, rest], dim=1)
+            if want_hidden:  # the generated / candidate tokens took part in every layer
+                after = [inputs_embeds[:, prompt_length:], *record.hidden[:-1], rest]
+                hidden_states = [torch.cat([a, b], dim=1) for a, b in zip(hidden_states, after)]
+            if want_attentions:
+                layouts = layouts() if callable(layouts) else layouts
+                rows = outputs.decode_attentions(record, layouts, prompt_length, prompt_length, length - prompt_length)
+                attentions = [
+                    torch.cat([torch.nn.functional.pad(a, (0, length - prompt_length)), b], dim=2)
+                    for a, b in zip(attentions, rows)
+                ]
         if call.positions_unknown:
             trace = dataclasses.replace(trace, note=UNKNOWN_POSITIONS)
             if not self._warned_unknown:
@@ -240,7 +286,28 @@ class RoutingHandle:
         self.trace = trace
         if use_cache and work_cache is not None:
             self._decode_states[work_cache] = state
-        return BaseModelOutputWithPast(last_hidden_state=hidden, cache=work_cache if use_cache else None)
+            self._layer_layouts[work_cache] = layouts
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden,
+            cache=work_cache if use_cache else None,
+            hidden_states=None if hidden_states is None else outputs.select_hidden_states(hidden_states, want_hidden),
+            attentions=None if attentions is None else tuple(attentions),
+        )
+
+    def _prefill_layouts(self, trace: Trace, visual: torch.Tensor, attention_mask: torch.Tensor | None) -> list:
+        """Per layer, the compact layout it ran on in the prefill (None: every token), rebuilt from the
+        decisions exactly as the engine builds it: text, padding and the selected visual tokens."""
+        batch, length = visual.shape
+        if attention_mask is not None:
+            visual = visual & attention_mask.bool()
+        active = []
+        for s in range(self.config.num_decisions):
+            chosen = torch.zeros(batch, length, dtype=torch.bool, device=visual.device)
+            for b, sample in enumerate(trace.samples):
+                chosen[b, list(sample.selected[s])] = True
+            active.append(~visual | chosen)
+        stages = outputs.stage_layouts(active)
+        return [None if (s := self.config.stage_of_layer(i)) < 0 else stages[s] for i in range(len(self.decoder.layers))]
 
 
 def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone) -> None:
