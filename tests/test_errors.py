@@ -116,15 +116,6 @@ def test_prompt_without_visual_tokens_runs_unrouted():
     assert handle.trace.avg_T == 0.0
 
 
-def test_output_hidden_states_is_refused():
-    from models import llava_batch, llava_prompt
-
-    model = tiny_llava()
-    inputs = llava_batch([llava_prompt(1)])
-    with reroute.apply(model, RoutingConfig()), pytest.raises(ValueError, match="^output_hidden_states=True is not supported"):
-        model(**inputs, output_hidden_states=True)
-
-
 def test_continuing_a_routed_cache_with_a_new_image_is_refused():
     from models import llava_batch, llava_prompt
 
