@@ -398,12 +398,16 @@ def test_accelerate_hook_survives_apply_and_restore():
     inputs = llava_batch([llava_prompt(1)])
     config = CONFIGS["remove_pdrop"]
     with torch.no_grad():
+        stock = model(**inputs).logits
         routed = _routed_logits(tiny_llava(), config, inputs)
         add_hook_to_module(model.model, Count())
+        hooked = model.model.__dict__["forward"]
         with reroute.apply(model, config):
             assert torch.equal(model(**inputs).logits, routed) and Count.calls == 1
+        assert model.model.__dict__["forward"] is hooked  # their hook is back, and still runs
+        assert torch.equal(model(**inputs).logits, stock) and Count.calls == 2
         remove_hook_from_module(model.model)
-        assert "forward" not in model.model.__dict__
+        assert torch.equal(model(**inputs).logits, stock) and Count.calls == 2
 
 
 def test_a_patched_decoder_forward_is_refused():

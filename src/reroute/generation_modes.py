@@ -83,10 +83,13 @@ def check_generate(model, args: tuple, kwargs: dict) -> int | None:
 
 def refuse_packed(position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
     """Packed (padding-free) rows restart their positions inside a row: the query and candidates of
-    one prompt would mix several prompts. Positions of real tokens never decrease otherwise."""
+    one prompt would mix several prompts. Positions of real tokens never decrease otherwise.
+    Read from 1-D text positions (LLaVA, and Qwen when its 4-row positions carry a text row)."""
     if position_ids is None or position_ids.shape[-1] < 2:
         return
-    rows = position_ids if position_ids.ndim == 2 else position_ids[0]  # M-RoPE: the text / temporal row
+    if position_ids.ndim == 3 and position_ids.shape[0] != 4:
+        return  # M-RoPE (temporal, height, width) rows go up and down inside an image: only a text row can tell
+    rows = position_ids if position_ids.ndim == 2 else position_ids[0]  # (4, B, L): the leading text row
     step = rows[..., 1:] - rows[..., :-1]
     if attention_mask is not None and attention_mask.ndim == 2 and attention_mask.shape == rows.shape[-2:]:
         real = attention_mask.bool()
