@@ -1,10 +1,11 @@
-"""What transformers' own LLaVA model tests exercise, on a routed model at keep ratio 1.0 (issue 16, item 10).
+"""What transformers' own VLM model tests exercise, on a routed model at keep ratio 1.0 (issue 16, item 10).
 
-transformers' `tests/models/llava/test_modeling_llava.py` runs `ModelTesterMixin` and
-`GenerationTesterMixin` on a tiny LLaVA (2 Llama layers, hidden 32, vocab 99, 16 image tokens
-at the start of a 23-token prompt, batch 3, image token id 0, pad id 1). Those test files are
-not part of the installed package, so this harness builds the same configuration and runs
-the forward and generation checks they make, each comparing the routed model (a decision at
+transformers' `tests/models/{llava,qwen2_5_vl,qwen2_vl}/test_modeling_*.py` run
+`ModelTesterMixin` and `GenerationTesterMixin` on tiny models (LLaVA: 2 Llama layers, hidden
+32, vocab 99, 16 image tokens at the start of a 23-token prompt, batch 3, image token id 0,
+pad id 1). Those test files are not part of the installed package, so this harness builds
+the same LLaVA configuration (and the tiny Qwen models of tests/models.py) and runs the
+forward and generation checks they make, each comparing the routed model (a decision at
 layer 1 keeping every token) with the stock model. What it does not cover is listed in
 docs/supported-modes.md.
 """
@@ -16,10 +17,12 @@ import re
 
 import pytest
 import torch
+from models import FAMILIES
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 import reroute
 from reroute import RoutingConfig
+from reroute.backbones import backbone_for
 
 KEEP_ALL = RoutingConfig("reroute", (1,), (1.0,))
 NUM_IMAGE_TOKENS = 16  # (8 px / 2 px patches)^2, CLS dropped
@@ -54,15 +57,43 @@ def stock_tester_inputs(batch: int = 3, seed: int = 0) -> dict:
     }
 
 
-@pytest.fixture(scope="module", params=["eager", "sdpa"])
-def pair(request):
-    """The stock model and an identical copy, routed at keep ratio 1.0."""
+def _qwen_inputs(family: str, batch: int, seed: int) -> dict:
+    """``batch`` prompts of the same length (no padding), one image each."""
+    prompts = [FAMILIES[family].make_prompt(1, size=0, seed=seed + b) for b in range(batch)]
+    return FAMILIES[family].make_batch(prompts)
+
+
+def make_inputs(family: str, batch: int = 3, seed: int = 0) -> dict:
+    return stock_tester_inputs(batch, seed) if family == "llava" else _qwen_inputs(family, batch, seed)
+
+
+def _make_model(family: str, attn: str):
     torch.manual_seed(0)
-    stock = LlavaForConditionalGeneration(stock_tester_config(request.param)).eval()
+    if family == "llava":
+        return LlavaForConditionalGeneration(stock_tester_config(attn)).eval()
+    return FAMILIES[family].make_model(attn=attn, num_layers=2)
+
+
+@pytest.fixture(scope="module", params=[(f, a) for f in ("llava", "qwen2_5_vl", "qwen2_vl") for a in ("eager", "sdpa")],
+                ids=lambda p: f"{p[0]}-{p[1]}")  # fmt: skip
+def pair(request):
+    """The stock model and an identical copy, routed at keep ratio 1.0; the family; the attention."""
+    family, attn = request.param
+    stock = _make_model(family, attn)
     routed = copy.deepcopy(stock)
     handle = reroute.apply(routed, KEEP_ALL)
-    yield stock, routed, request.param
+    yield stock, routed, family, attn
     handle.restore()
+
+
+def _visual_ids(model) -> list[int]:
+    return list(backbone_for(model).visual_token_ids(model.config))
+
+
+def _labels(model, inputs):
+    ids = inputs["input_ids"]
+    visual = backbone_for(model).visual_mask(model.config, ids)
+    return ids.masked_fill(visual, -100)
 
 
 def _assert_same(a, b):
@@ -89,13 +120,13 @@ FORWARDS = {
 
 @pytest.mark.parametrize("name", list(FORWARDS))
 def test_forward_equals_stock(pair, name):
-    stock, routed, attn = pair
+    stock, routed, family, attn = pair
     if name == "attentions" and attn != "eager":
         pytest.skip("attention weights exist under eager only (SDPA: refused, see test_generation_modes)")
-    inputs = stock_tester_inputs()
+    inputs = make_inputs(family)
     kwargs = dict(FORWARDS[name])
     if "labels" in kwargs:
-        kwargs["labels"] = inputs["input_ids"].masked_fill(inputs["input_ids"] == 0, -100)
+        kwargs["labels"] = _labels(stock, inputs)
     with torch.no_grad():
         a, b = stock(**inputs, **kwargs), routed(**inputs, **kwargs)
     if isinstance(a, tuple):
@@ -106,9 +137,9 @@ def test_forward_equals_stock(pair, name):
 
 
 def test_training_gradients_equal_stock(pair):
-    stock, routed, _ = pair
-    inputs = stock_tester_inputs()
-    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == 0, -100)
+    stock, routed, family, _ = pair
+    inputs = make_inputs(family)
+    labels = _labels(stock, inputs)
     grads = []
     for model in (stock, routed):
         model.zero_grad()
@@ -120,39 +151,47 @@ def test_training_gradients_equal_stock(pair):
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=0)
 
 
-def test_inputs_embeds_matches_input_ids(pair):
-    _, routed, _ = pair
-    inputs = stock_tester_inputs()
+def test_inputs_embeds_equals_stock(pair):
+    stock, routed, family, _ = pair
+    inputs = make_inputs(family)
     embeds = routed.get_input_embeddings()(inputs["input_ids"])
+    call = {k: v for k, v in inputs.items() if k != "input_ids"} | {"inputs_embeds": embeds}
     with torch.no_grad():
-        by_ids = routed(**inputs).logits
-        by_embeds = routed(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"]).logits
-    torch.testing.assert_close(by_embeds, by_ids, atol=1e-6, rtol=0)
+        by_embeds = routed(**call).logits
+        assert torch.equal(by_embeds, stock(**call).logits)
+        if family == "llava":  # Qwen derives other M-RoPE positions without input_ids, stock too
+            torch.testing.assert_close(by_embeds, routed(**inputs).logits, atol=1e-6, rtol=0)
 
 
 def test_batching_equivalence(pair):
-    _, routed, _ = pair
-    inputs = stock_tester_inputs()
+    _, routed, family, _ = pair
+    inputs = make_inputs(family)
     with torch.no_grad():
         batch = routed(**inputs).logits
         for b in range(3):
-            alone = routed(**{k: v[b : b + 1] for k, v in inputs.items()}).logits
+            alone = routed(**make_inputs(family, 1, seed=b) if family != "llava" else {k: v[b : b + 1] for k, v in inputs.items()}).logits
             torch.testing.assert_close(alone[0], batch[b], atol=1e-5, rtol=0)
 
 
 def test_mismatching_num_image_tokens_still_raises(pair):
-    _, routed, _ = pair
-    inputs = stock_tester_inputs()
-    inputs["pixel_values"] = inputs["pixel_values"][-1:]
-    with pytest.raises((RuntimeError, ValueError), match="Image features and image tokens do not match"):
-        routed(**inputs)
+    stock, routed, family, _ = pair
+    inputs = make_inputs(family)
+    ids = inputs["input_ids"].clone()
+    ids[0, torch.nonzero(backbone_for(stock).visual_mask(stock.config, ids)[0])[0]] = 7  # one image slot too few
+    inputs["input_ids"] = ids
+    errors = []
+    for model in (stock, routed):
+        with pytest.raises((RuntimeError, ValueError)) as error:
+            model(**inputs)
+        errors.append((type(error.value), str(error.value)))
+    assert errors[0] == errors[1]
 
 
 def test_save_pretrained_round_trip(pair, tmp_path):
-    stock, routed, _ = pair
+    stock, routed, family, _ = pair
     routed.save_pretrained(tmp_path)
-    loaded = LlavaForConditionalGeneration.from_pretrained(tmp_path, attn_implementation=stock.config._attn_implementation).eval()
-    inputs = stock_tester_inputs()
+    loaded = type(stock).from_pretrained(tmp_path, attn_implementation=stock.config._attn_implementation).eval()
+    inputs = make_inputs(family)
     with torch.no_grad():
         assert torch.equal(loaded(**inputs).logits, stock(**inputs).logits)
 
@@ -173,12 +212,12 @@ GENERATE = {
 
 @pytest.mark.parametrize("name", list(GENERATE))
 def test_generate_equals_stock(pair, name):
-    stock, routed, attn = pair
-    kwargs = dict(GENERATE[name], max_new_tokens=5, min_new_tokens=5, suppress_tokens=[0])
+    stock, routed, family, attn = pair
+    kwargs = dict(GENERATE[name], max_new_tokens=5, min_new_tokens=5, suppress_tokens=_visual_ids(stock))
     if attn != "eager":
         kwargs.pop("output_attentions", None)
     batch = 1 if name == "prompt_lookup" else 3
-    inputs = stock_tester_inputs(batch)
+    inputs = make_inputs(family, batch)
     results = []
     for model in (stock, routed):
         torch.manual_seed(0)
@@ -193,49 +232,56 @@ def test_generate_equals_stock(pair, name):
 
 
 def test_assisted_decoding_matches_greedy(pair):
-    stock, routed, _ = pair
-    inputs = stock_tester_inputs(1)
+    stock, routed, family, _ = pair
+    inputs = make_inputs(family, 1)
     assistant = copy.deepcopy(stock)
-    options = dict(do_sample=False, max_new_tokens=6, min_new_tokens=6, suppress_tokens=[0])
+    options = dict(do_sample=False, max_new_tokens=6, min_new_tokens=6, suppress_tokens=_visual_ids(stock))
     with torch.no_grad():
         expected = stock.generate(**inputs, **options)
         assert torch.equal(routed.generate(**inputs, assistant_model=assistant, **options), expected)
 
 
 def test_generate_from_inputs_embeds(pair):
-    stock, routed, _ = pair
-    inputs = stock_tester_inputs()
+    stock, routed, family, _ = pair
+    inputs = make_inputs(family)
     embeds = stock.get_input_embeddings()(inputs["input_ids"])
-    call = dict(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"])
+    call = {k: v for k, v in inputs.items() if k != "input_ids"} | {"inputs_embeds": embeds}
     options = dict(do_sample=False, max_new_tokens=5, min_new_tokens=5)
     with torch.no_grad():
         assert torch.equal(routed.generate(**call, **options), stock.generate(**call, **options))
 
 
 def test_generate_continue_from_past_key_values(pair):
-    stock, routed, _ = pair
-    inputs = stock_tester_inputs()
-    options = dict(do_sample=False, max_new_tokens=3, min_new_tokens=3, return_dict_in_generate=True, suppress_tokens=[0])
+    stock, routed, family, _ = pair
+    inputs = make_inputs(family)
+    options = dict(do_sample=False, max_new_tokens=3, min_new_tokens=3, return_dict_in_generate=True,
+                   suppress_tokens=_visual_ids(stock))  # fmt: skip
     outs = []
     for model in (stock, routed):
         with torch.no_grad():
             first = model.generate(**inputs, **options)
             ids = first.sequences
-            again = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), cache=first.past_key_values, **options)
+            more = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+            if "mm_token_type_ids" in inputs:
+                grown = ids.shape[1] - inputs["input_ids"].shape[1]
+                more["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros(3, grown, dtype=torch.long)], 1)
+            again = model.generate(**more, cache=first.past_key_values, **options)
         outs.append(again.sequences)
     assert torch.equal(outs[0], outs[1])
 
 
 def test_left_padding_compatibility(pair):
     """transformers' check: the last token's logits do not change when the batch is left-padded."""
-    _, routed, _ = pair
-    inputs = stock_tester_inputs()
+    _, routed, family, _ = pair
+    inputs = make_inputs(family)
     pad = torch.full((3, 4), 1)
     padded = dict(
         inputs,
         input_ids=torch.cat([pad, inputs["input_ids"]], dim=1),
         attention_mask=torch.cat([torch.zeros_like(pad), inputs["attention_mask"]], dim=1),
     )
+    if "mm_token_type_ids" in inputs:
+        padded["mm_token_type_ids"] = torch.cat([torch.zeros_like(pad), inputs["mm_token_type_ids"]], dim=1)
     with torch.no_grad():
         plain = routed(**inputs).logits[:, -1]
         left = routed(**padded).logits[:, -1]
@@ -252,6 +298,6 @@ def test_left_padding_compatibility(pair):
     ],
 )
 def test_compilable_and_other_caches_are_refused(pair, kwargs, mode):
-    _, routed, _ = pair
+    _, routed, family, _ = pair
     with pytest.raises(ValueError, match=f"^{re.escape(mode)} is not supported on a routed model: "):
-        routed.generate(**stock_tester_inputs(), max_new_tokens=2, **kwargs)
+        routed.generate(**make_inputs(family), max_new_tokens=2, **kwargs)
