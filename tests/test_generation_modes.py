@@ -385,7 +385,8 @@ def test_a_wrapper_installed_after_apply_survives_restore():
 
 
 def test_accelerate_hook_survives_apply_and_restore():
-    from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+    hooks = pytest.importorskip("accelerate.hooks")
+    ModelHook, add_hook_to_module, remove_hook_from_module = hooks.ModelHook, hooks.add_hook_to_module, hooks.remove_hook_from_module
 
     class Count(ModelHook):
         calls = 0
