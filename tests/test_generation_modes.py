@@ -166,11 +166,16 @@ def _count_verification_steps(model):
 
 
 @pytest.mark.parametrize("mode", ["assistant", "prompt_lookup"])
-def test_assisted_and_prompt_lookup_equal_greedy_and_reference(family, model, mode):
+def test_assisted_and_prompt_lookup_equal_greedy_and_reference(family, model, mode, monkeypatch):
+    from transformers import DynamicCache
+
     config = CONFIGS["remove_pdrop"]
     inputs = _single(family)
     extra = {"assistant_model": family.make_model(seed=1)} if mode == "assistant" else {"prompt_lookup_num_tokens": 3}
     options = dict(GREEDY, max_new_tokens=12, min_new_tokens=12)
+    cropped = []
+    crop = DynamicCache.crop
+    monkeypatch.setattr(DynamicCache, "crop", lambda self, n: cropped.append(n) or crop(self, n))
     with reroute.apply(model, config), torch.no_grad():
         greedy = model.generate(**inputs, **options)
         calls, hook = _count_verification_steps(model)
@@ -180,8 +185,8 @@ def test_assisted_and_prompt_lookup_equal_greedy_and_reference(family, model, mo
             hook.remove()
     assert torch.equal(assisted, greedy)
     assert_reference_predicts(model, config, inputs, assisted)
-    if mode == "assistant":  # candidates were verified in one forward (and rejected ones cropped)
-        assert any(n > 1 for n in calls[1:])
+    if mode == "assistant":  # candidates were verified in one forward, and rejected ones cropped from every layer
+        assert any(n > 1 for n in calls[1:]) and any(n < 0 for n in cropped)
 
 
 # ----------------------------------------------------------------------------- 4. inputs_embeds
@@ -263,6 +268,24 @@ REFUSALS = {
         dict(cache_implementation="offloaded"),
         "cache_implementation='offloaded' is not supported on a routed model: its layers' caches have different "
         "lengths, which only the default DynamicCache holds; drop cache_implementation, or call handle.restore() first",
+    ),
+    "contrastive_search": (
+        dict(penalty_alpha=0.6, top_k=4),
+        "contrastive search is not supported on a routed model: transformers runs it as Hub code that reroute has not "
+        "checked against its per-layer caches; use greedy, sampling, beam search or assisted decoding, or call "
+        "handle.restore() first",
+    ),
+    "group_beam_search": (
+        dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0),
+        "group beam search is not supported on a routed model: transformers runs it as Hub code that reroute has not "
+        "checked against its per-layer caches; use greedy, sampling, beam search or assisted decoding, or call "
+        "handle.restore() first",
+    ),
+    "custom_generate_repo": (
+        dict(custom_generate="someone/their-decoding"),
+        "custom_generate='someone/their-decoding' is not supported on a routed model: its decoding loop is Hub code "
+        "that reroute has not checked against its per-layer caches; use a built-in generation mode, or call "
+        "handle.restore() first",
     ),
     "chunked_prefill": (
         dict(prefill_chunk_size=4),

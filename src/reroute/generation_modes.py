@@ -15,11 +15,13 @@ decides on the prompt alone and runs the rest as decode steps (see ``apply``).
 from __future__ import annotations
 
 import contextvars
+import copy
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+from transformers.generation.configuration_utils import GenerationMode
 
 RESTORE = "or call handle.restore() first"
 
@@ -59,9 +61,40 @@ def check_cache(cache) -> None:
         )
 
 
+# Modes transformers moved to Hub code (custom_generate): their loops repeat and select cache rows
+# (contrastive search) or read layers in ways this library has not checked against the reference.
+_HUB_MODES = (
+    GenerationMode.CONTRASTIVE_SEARCH,
+    GenerationMode.DOLA_GENERATION,
+    GenerationMode.CONSTRAINED_BEAM_SEARCH,
+    GenerationMode.GROUP_BEAM_SEARCH,
+)
+
+
+def _generation_mode(model, generation_config, kwargs: dict) -> GenerationMode | None:
+    config = copy.deepcopy(generation_config if generation_config is not None else getattr(model, "generation_config", None))
+    if config is None:
+        return None
+    config.update(**{k: v for k, v in kwargs.items() if hasattr(config, k)})
+    return config.get_generation_mode(kwargs.get("assistant_model"))
+
+
 def check_generate(model, args: tuple, kwargs: dict) -> int | None:
     """Refuse the generation modes the routed decoder does not run exactly; return the prompt length."""
     generation_config = kwargs.get("generation_config", args[1] if len(args) > 1 else None)
+    custom = kwargs.get("custom_generate")
+    if isinstance(custom, str):
+        raise ValueError(
+            f"custom_generate={custom!r} is not supported on a routed model: its decoding loop is Hub code that "
+            f"reroute has not checked against its per-layer caches; use a built-in generation mode, {RESTORE}"
+        )
+    mode = _generation_mode(model, generation_config, kwargs)
+    if mode in _HUB_MODES:
+        name = mode.value.replace("_", " ")
+        raise ValueError(
+            f"{name} is not supported on a routed model: transformers runs it as Hub code that reroute has not "
+            f"checked against its per-layer caches; use greedy, sampling, beam search or assisted decoding, {RESTORE}"
+        )
     implementation = _setting("cache_implementation", kwargs, generation_config, model)
     if implementation not in (None, "dynamic"):
         raise ValueError(
