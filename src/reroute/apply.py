@@ -47,6 +47,14 @@ class _Call:
     positions_unknown: bool = False  # inputs_embeds without ids or visual inputs: visual positions cannot be known
 
 
+@dataclass(frozen=True)
+class _Wanted:
+    """The optional outputs a forward asked for."""
+
+    hidden: bool | int | list[int]  # output_hidden_states: a flag, or the indices of the states wanted
+    attentions: bool
+
+
 # Set for the duration of one multimodal forward; reset in `finally`, so it never outlives the call.
 _CURRENT_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("reroute_call", default=None)
 
@@ -73,15 +81,19 @@ def _brings_visual(arguments: dict) -> bool:
 def _last_real_token(attention_mask: torch.Tensor | None, shape: torch.Size, device) -> torch.Tensor:
     """``(B, L)`` bool: each sample's last non-padding position, the query of every decision (SPEC §2)."""
     batch, length = shape
-    valid = attention_mask.bool() if attention_mask is not None else torch.ones(batch, length, dtype=torch.bool, device=device)
+    if attention_mask is None:
+        valid = torch.ones(batch, length, dtype=torch.bool, device=device)
+    else:
+        valid = attention_mask.bool()
     last = (valid * torch.arange(length, device=device)).argmax(dim=1)
     return torch.nn.functional.one_hot(last, length).bool() & valid
 
 
 def _prefix(positions: Positions, length: int) -> tuple[Positions, Positions]:
     """Split a call's positions into its first ``length`` tokens and the rest (last axis is the sequence)."""
-    head = Positions(rope=positions.rope[..., :length], text=None if positions.text is None else positions.text[..., :length])
-    tail = Positions(rope=positions.rope[..., length:], text=None if positions.text is None else positions.text[..., length:])
+    text = positions.text
+    head = Positions(rope=positions.rope[..., :length], text=None if text is None else text[..., :length])
+    tail = Positions(rope=positions.rope[..., length:], text=None if text is None else text[..., length:])
     return head, tail
 
 
@@ -182,24 +194,13 @@ class RoutingHandle:
             )
         cache = kwargs.pop("past_key_values", cache)
         kwargs.pop("return_dict", None)
-        # stock defaults come from the decoder's config, as its own forward reads them
-        want_hidden = kwargs.pop("output_hidden_states", None)
-        want_hidden = getattr(self.text_model.config, "output_hidden_states", False) if want_hidden is None else want_hidden
-        want_attentions = kwargs.pop("output_attentions", None)
-        want_attentions = getattr(self.text_model.config, "output_attentions", False) if want_attentions is None else want_attentions
-        implementation = self.text_model.config._attn_implementation
-        if want_attentions and implementation != "eager":
-            raise ValueError(
-                f"output_attentions=True needs attention weights, which attn_implementation={implementation!r} does not "
-                "compute; load the model with attn_implementation='eager'"
-            )
+        wanted = self._wanted_outputs(kwargs)
         if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2):
             raise ValueError("reroute needs the 2-D padding attention_mask (batch, length) that processors return")
         if inputs_embeds is None:
             inputs_embeds = self.text_model.embed_tokens(input_ids)
         if use_cache is None:
             use_cache = self.text_model.config.use_cache
-        recording = functools.partial(outputs.recording, self.decoder.layers, bool(want_hidden), bool(want_attentions))
 
         state = self._decode_states.get(cache) if cache is not None else None
         past = cache.get_seq_length() if cache is not None else 0
@@ -210,19 +211,8 @@ class RoutingHandle:
                     "new visual tokens cannot continue a routed cache; start a new generate() call for a new image"
                 )
             # decode steps, or a continuation with more text: new tokens attend to each layer's cached active keys
-            with recording() as record:
-                hidden = self.decoder.decode(inputs_embeds, attention_mask, positions, cache, use_cache, state, kwargs)
-            hidden_states = attentions = None
-            if want_hidden:  # new tokens take part in every layer
-                hidden_states = outputs.select_hidden_states([inputs_embeds, *record.hidden[:-1], hidden], want_hidden)
-            if want_attentions:
-                layouts = self._layer_layouts.get(cache)
-                layouts = layouts() if callable(layouts) else layouts
-                attentions = tuple(
-                    outputs.decode_attentions(record, layouts, state.prompt_length, past, inputs_embeds.shape[1])
-                )
-            return BaseModelOutputWithPast(
-                last_hidden_state=hidden, cache=cache, hidden_states=hidden_states, attentions=attentions
+            return self._continue(
+                inputs_embeds, attention_mask, positions, cache, use_cache, state, past, wanted, kwargs
             )
         if past > 0:
             raise ValueError(
@@ -230,50 +220,86 @@ class RoutingHandle:
             )
         check_cache(cache)
         refuse_packed(position_ids, attention_mask)
-        length = inputs_embeds.shape[1]
+        return self._prefill(call, inputs_embeds, attention_mask, positions, cache, use_cache, wanted, kwargs)
+
+    def _wanted_outputs(self, kwargs: dict) -> _Wanted:
+        """``output_hidden_states`` / ``output_attentions``, defaulting to the decoder config's as stock."""
+        config = self.text_model.config
+        hidden = kwargs.pop("output_hidden_states", None)
+        attentions = kwargs.pop("output_attentions", None)
+        wanted = _Wanted(
+            hidden=getattr(config, "output_hidden_states", False) if hidden is None else hidden,
+            attentions=bool(getattr(config, "output_attentions", False) if attentions is None else attentions),
+        )
+        if wanted.attentions and config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions=True needs attention weights, which attn_implementation="
+                f"{config._attn_implementation!r} does not compute; load the model with attn_implementation='eager'"
+            )
+        return wanted
+
+    def _recording(self, wanted: _Wanted):
+        return outputs.recording(self.decoder.layers, bool(wanted.hidden), wanted.attentions)
+
+    def _continue(self, embeds, attention_mask, positions, cache, use_cache, state, past: int, wanted: _Wanted, kwargs):
+        """Decode step(s) on a routed cache: the new tokens take part in every layer."""
+        with self._recording(wanted) as record:
+            hidden = self.decoder.decode(embeds, attention_mask, positions, cache, use_cache, state, kwargs)
+        hidden_states = attentions = None
+        if wanted.hidden:
+            hidden_states = outputs.select_hidden_states([embeds, *record.hidden[:-1], hidden], wanted.hidden)
+        if wanted.attentions:
+            layouts = self._layer_layouts[cache]()
+            rows = outputs.decode_attentions(record, layouts, state.prompt_length, past, embeds.shape[1])
+            attentions = tuple(rows)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden, cache=cache, hidden_states=hidden_states, attentions=attentions
+        )
+
+    def _prefill(self, call: _Call, embeds, attention_mask, positions, cache, use_cache, wanted: _Wanted, kwargs):
+        """A routed prefill of the prompt, then (inside generate) any tokens after it as decode steps."""
+        length = embeds.shape[1]
         # Inside generate(), a first forward longer than the prompt carries generated tokens (use_cache=False)
         # or candidate tokens (assisted / prompt-lookup decoding): decide on the prompt, decode the rest.
         generating = CURRENT_GENERATE.get()
         prompt_length = length
         if generating is not None and generating.owner == id(self) and (generating.prompt_length or length) < length:
             prompt_length = generating.prompt_length
-        if (use_cache and cache is None) or prompt_length < length:
+        split = prompt_length < length
+        if (use_cache and cache is None) or split:
             work_cache = cache if cache is not None else DynamicCache(config=self.text_model.config)
         else:
             work_cache = cache
         visual = call.visual
-        if visual is None or visual.shape != inputs_embeds.shape[:2]:
-            visual = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
-        visual = visual[:, :prompt_length].to(inputs_embeds.device)
+        if visual is None or visual.shape != embeds.shape[:2]:
+            visual = torch.zeros(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+        visual = visual[:, :prompt_length].to(embeds.device)
         prompt_mask = None if attention_mask is None else attention_mask[:, :prompt_length]
         # The query row (the last prompt token) takes part in every layer: it is never a candidate (docs/semantics.md).
         visual = visual & ~_last_real_token(prompt_mask, visual.shape, visual.device)
         head, tail = _prefix(positions, prompt_length)
-        with recording() as record:
+        with self._recording(wanted) as record:
             hidden, state, trace = self.decoder.prefill(
-                inputs_embeds[:, :prompt_length], prompt_mask, head, work_cache,
-                use_cache or prompt_length < length, visual, kwargs,
-            )  # fmt: skip
-        layouts = functools.partial(self._prefill_layouts, trace, visual, prompt_mask)  # built only when asked for
-        if want_hidden or want_attentions:
-            layouts = layouts()
+                embeds[:, :prompt_length], prompt_mask, head, work_cache, use_cache or split, visual, kwargs
+            )
+        layouts = functools.cache(functools.partial(self._prefill_layouts, trace, visual, prompt_mask))  # only if asked
         hidden_states = attentions = None
-        if want_hidden:
-            hidden_states = outputs.prefill_hidden_states(inputs_embeds[:, :prompt_length], record, layouts, hidden)
-        if want_attentions:
-            attentions = outputs.prefill_attentions(record, layouts, prompt_length)
-        if prompt_length < length:
-            with recording() as record:
+        if wanted.hidden:
+            hidden_states = outputs.prefill_hidden_states(embeds[:, :prompt_length], record, layouts(), hidden)
+        if wanted.attentions:
+            attentions = outputs.prefill_attentions(record, layouts(), prompt_length)
+        if split:
+            with self._recording(wanted) as record:
                 rest = self.decoder.decode(
-                    inputs_embeds[:, prompt_length:], attention_mask, tail, work_cache, True, state, kwargs
+                    embeds[:, prompt_length:], attention_mask, tail, work_cache, True, state, kwargs
                 )
             hidden = torch.cat([hidden, rest], dim=1)
-            if want_hidden:  # the generated / candidate tokens took part in every layer
-                after = [inputs_embeds[:, prompt_length:], *record.hidden[:-1], rest]
+            if wanted.hidden:  # the generated / candidate tokens took part in every layer
+                after = [embeds[:, prompt_length:], *record.hidden[:-1], rest]
                 hidden_states = [torch.cat([a, b], dim=1) for a, b in zip(hidden_states, after)]
-            if want_attentions:
-                layouts = layouts() if callable(layouts) else layouts
-                rows = outputs.decode_attentions(record, layouts, prompt_length, prompt_length, length - prompt_length)
+            if wanted.attentions:
+                num_new = length - prompt_length
+                rows = outputs.decode_attentions(record, layouts(), prompt_length, prompt_length, num_new)
                 attentions = [
                     torch.cat([torch.nn.functional.pad(a, (0, length - prompt_length)), b], dim=2)
                     for a, b in zip(attentions, rows)
@@ -282,15 +308,15 @@ class RoutingHandle:
             trace = dataclasses.replace(trace, note=UNKNOWN_POSITIONS)
             if not self._warned_unknown:
                 self._warned_unknown = True
-                warnings.warn(f"reroute: {UNKNOWN_POSITIONS}", UserWarning, stacklevel=2)
+                warnings.warn(f"reroute: {UNKNOWN_POSITIONS}", UserWarning, stacklevel=4)
         self.trace = trace
-        if use_cache and work_cache is not None:
+        if use_cache:
             self._decode_states[work_cache] = state
             self._layer_layouts[work_cache] = layouts
         return BaseModelOutputWithPast(
             last_hidden_state=hidden,
             cache=work_cache if use_cache else None,
-            hidden_states=None if hidden_states is None else outputs.select_hidden_states(hidden_states, want_hidden),
+            hidden_states=None if hidden_states is None else outputs.select_hidden_states(hidden_states, wanted.hidden),
             attentions=None if attentions is None else tuple(attentions),
         )
 
@@ -307,7 +333,8 @@ class RoutingHandle:
                 chosen[b, list(sample.selected[s])] = True
             active.append(~visual | chosen)
         stages = outputs.stage_layouts(active)
-        return [None if (s := self.config.stage_of_layer(i)) < 0 else stages[s] for i in range(len(self.decoder.layers))]
+        stage_of = [self.config.stage_of_layer(i) for i in range(len(self.decoder.layers))]
+        return [None if s < 0 else stages[s] for s in stage_of]
 
 
 def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone) -> None:

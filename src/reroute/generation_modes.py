@@ -72,9 +72,10 @@ _HUB_MODES = (
 
 
 def _generation_mode(model, generation_config, kwargs: dict) -> GenerationMode | None:
-    config = copy.deepcopy(generation_config if generation_config is not None else getattr(model, "generation_config", None))
+    config = generation_config if generation_config is not None else getattr(model, "generation_config", None)
     if config is None:
         return None
+    config = copy.deepcopy(config)
     config.update(**{k: v for k, v in kwargs.items() if hasattr(config, k)})
     return config.get_generation_mode(kwargs.get("assistant_model"))
 

@@ -39,10 +39,9 @@ def recording(layers: nn.ModuleList, hidden: bool, attentions: bool):
     handles = []
     if hidden:
         handles += [layer.register_forward_hook(lambda m, a, out: record.hidden.append(out)) for layer in layers]
-    if attentions:
-        handles += [
-            layer.self_attn.register_forward_hook(lambda m, a, out: record.attentions.append(out[1])) for layer in layers
-        ]
+    if attentions:  # the attention module returns (output, weights); weights are None outside eager
+        hook = lambda m, a, out: record.attentions.append(out[1])  # noqa: E731
+        handles += [layer.self_attn.register_forward_hook(hook) for layer in layers]
     try:
         yield record
     finally:
@@ -77,7 +76,9 @@ def prefill_hidden_states(
     return states
 
 
-def scatter_attention(weights: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, num_rows: int, num_cols: int) -> torch.Tensor:
+def scatter_attention(
+    weights: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, num_rows: int, num_cols: int
+) -> torch.Tensor:
     """``(B, H, q, k)`` weights at row / column positions ``(B, q)`` / ``(B, k)`` (``num_rows`` /
     ``num_cols`` mark slack) into a zero ``(B, H, num_rows, num_cols)`` tensor."""
     batch, heads = weights.shape[:2]
