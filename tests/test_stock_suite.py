@@ -294,6 +294,7 @@ def test_left_padding_compatibility(pair):
         (dict(cache_implementation="static"), "cache_implementation='static'"),
         (dict(cache_implementation="offloaded_static"), "cache_implementation='offloaded_static'"),
         (dict(cache_implementation="quantized"), "cache_implementation='quantized'"),
+        (dict(cache_implementation="paged"), "cache_implementation='paged'"),  # continuous batching
         (dict(prefill_chunk_size=4), "prefill_chunk_size"),
     ],
 )
