@@ -8,8 +8,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-
 Action = Literal["remove", "reroute"]
 Execution = Literal["stagewise", "per_layer"]
 
@@ -27,12 +25,13 @@ def keep_count(num_visual: int, keep_ratio: float) -> int:
     return max(1, math.floor(num_visual * keep_ratio + _FLOOR_EPS))
 
 
+# numbers' ABCs cover numpy's integers and floats (numpy.bool_ is neither); Python's bool is an int.
 def _is_integer(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _as_layers(value) -> tuple[int, ...]:
