@@ -150,8 +150,10 @@ def test_continuation_with_a_new_image_is_refused(family, model):
                 [torch.zeros(1, first.sequences.shape[1], dtype=torch.long), second["mm_token_type_ids"]], 1
             )
         message = "new visual tokens cannot continue a routed cache; start a new generate() call for a new image"
+        lengths = [layer.keys.shape[-2] for layer in first.past_key_values.layers]
         with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             model.generate(**follow_up, cache=first.past_key_values, **GREEDY)
+        assert [layer.keys.shape[-2] for layer in first.past_key_values.layers] == lengths  # the cache is untouched
 
 
 # ----------------------------------------------------------------------------- 3. assisted / lookup
@@ -365,6 +367,17 @@ def test_deepcopy_of_a_routed_model_is_plain_and_runs_its_own_weights(family, mo
         assert torch.equal(model(**inputs).logits, routed)  # the original is still routed
     with reroute.apply(twin, CONFIGS["reroute_stagewise"]), torch.no_grad():
         assert torch.allclose(twin(**inputs).logits, 2 * routed, atol=1e-5)  # and the copy can be routed
+
+
+def test_deepcopy_of_the_inner_model_is_plain(family, model):
+    inputs = _single(family)
+    with torch.no_grad():
+        stock = model.model(**inputs).last_hidden_state
+        with reroute.apply(model, CONFIGS["reroute_stagewise"]):
+            routed = model.model(**inputs).last_hidden_state
+            inner = copy.deepcopy(model.model)
+            assert torch.equal(inner(**inputs).last_hidden_state, stock)
+            assert not torch.equal(routed, stock)
 
 
 class _CountingHook:

@@ -59,7 +59,9 @@ class Trace:
         return sum(routed) / len(routed) if routed else 0.0
 
     def summary(self) -> str:
-        lines = [f"{self.action} at layers {list(self.decision_layers)}"] + ([f"  note: {self.note}"] if self.note else [])
+        lines = [f"{self.action} at layers {list(self.decision_layers)}"]
+        if self.note:
+            lines.append(f"  note: {self.note}")
         for b, s in enumerate(self.samples):
             if not s.routed:
                 lines.append(f"  sample {b}: no visual tokens, ran unrouted")
