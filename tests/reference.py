@@ -72,8 +72,11 @@ def _mask(active: list[int], length: int, implementation: str, dtype) -> torch.T
 def reference_forward(
     text_model, rotary_positions, embeds, visual, config: RoutingConfig | None, decisions=None,
     present=None, score_offset: int = 0, score_rows: int = 1, score_heads: str = "mean", scores_out=None,
+    states: list | None = None,
 ):  # fmt: skip
     """Routed forward of ONE unpadded sample (``embeds`` (L, D)); returns (final hidden (L, D), decisions).
+
+    ``states``: when a list, each layer's full-length output (L, D) is appended to it.
 
     ``decisions``: per decision layer, the selected visual positions; computed from
     ``embeds[:decided_length]`` when not given (decode reuses the prefill's decisions and
@@ -136,4 +139,6 @@ def reference_forward(
         keep = torch.zeros(length, dtype=torch.bool)
         keep[active] = True
         h = torch.where(keep[:, None], out, h)  # inactive tokens bypass the layer
+        if states is not None:
+            states.append(h)
     return text_model.norm(h[None])[0], found

@@ -1,21 +1,27 @@
 """`reroute.apply(model, config)`: route a stock transformers VLM in place, reversibly.
 
-Two instance attributes are set, nothing else is touched: the VLM's ``forward`` (to see the
-prompt's ``input_ids``, where the visual positions are) and its decoder's ``forward`` (the
-routed layer loop); a config with a vision stage sets a third, the inner model's
-``get_image_features`` (the stage runs where the stock model encodes images, also when
-generate() encodes them before the first forward). ``restore()`` deletes them, so
-parameters, buffers and class code are never changed.
+Three instance attributes are set (`reroute.patching.Patch`), nothing else is touched: the
+VLM's ``generate`` (to refuse the modes the engine cannot run exactly and to learn the prompt
+length, `reroute.generation_modes`), the multimodal model's ``forward`` (to see the prompt's
+``input_ids`` or ``inputs_embeds``, where the visual positions are; it is what both
+``model(...)`` and ``model.model(...)`` call) and its decoder's ``forward`` (the routed layer
+loop). ``restore()`` removes exactly those, so parameters, buffers and class code are never
+changed and a wrapper another library set first comes back. A config with a vision stage
+(Nüwa) patches a fourth, the multimodal model's ``get_image_features``: the stage runs where
+the stock model encodes images, also when generate() encodes them before the first forward.
 
 The visual positions reach the decoder through a context variable that lives exactly as long
-as one call of the VLM's forward. Decode steps find their prefill's decisions through the KV
-cache object they continue, so nothing leaks from one call (or one generate) to the next.
+as one call of the multimodal forward. Decode steps find their prefill's decisions through
+the KV cache object they continue, so nothing leaks from one call (or one generate) to the next.
 """
 
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
+import inspect
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -24,28 +30,75 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from reroute import outputs
 from reroute.backbones import Backbone, backbone_for
+from reroute.backbones.base import Positions
 from reroute.config import RoutingConfig
 from reroute.engine import DecodeState, RoutedDecoder
+from reroute.generation_modes import CURRENT_GENERATE, GenerateCall, check_cache, check_generate, refuse_packed
 from reroute.masks import SUPPORTED_ATTENTION
 from reroute.methods import get_vision_stage
 from reroute.methods.vision_stage import split_dropped
+from reroute.patching import Patch
 from reroute.trace import Trace
 
 
 @dataclass(frozen=True)
 class _Call:
-    """The part of one VLM forward call the decoder needs: where the visual tokens are."""
+    """The part of one multimodal forward call the decoder needs: where the visual tokens are."""
 
     visual: torch.Tensor | None  # (B, L) bool; None when the call brings no image or video
+    positions_unknown: bool = False  # inputs_embeds without ids or visual inputs: visual positions cannot be known
 
 
-# Set for the duration of one VLM forward; reset in `finally`, so it never outlives the call.
+@dataclass(frozen=True)
+class _Wanted:
+    """The optional outputs a forward asked for."""
+
+    hidden: bool | int | list[int]  # output_hidden_states: a flag, or the indices of the states wanted
+    attentions: bool
+
+
+# Set for the duration of one multimodal forward; reset in `finally`, so it never outlives the call.
 _CURRENT_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("reroute_call", default=None)
 
-_UNSUPPORTED_OUTPUTS = ("output_attentions", "output_hidden_states")
-# keyword arguments through which a VLM forward receives images or video (or their features)
+# keyword arguments through which a multimodal forward receives images or video (or their features)
 _VISUAL_INPUTS = ("pixel_values", "pixel_values_videos", "image_embeds", "video_embeds", "mm_encoder_outputs")
+UNKNOWN_POSITIONS = (
+    "visual positions unknown (inputs_embeds without input_ids or pixel values): this call ran unrouted; "
+    "pass input_ids, or inputs_embeds together with the pixel values"
+)
+
+
+def _brings_visual(arguments: dict) -> bool:
+    """True when the call carries images or video (generate() passes an empty ``mm_encoder_outputs`` dict otherwise)."""
+    for name in _VISUAL_INPUTS:
+        value = arguments.get(name)
+        if isinstance(value, dict):
+            if any(v is not None for v in value.values()):
+                return True
+        elif value is not None:
+            return True
+    return False
+
+
+def _last_real_token(attention_mask: torch.Tensor | None, shape: torch.Size, device) -> torch.Tensor:
+    """``(B, L)`` bool: each sample's last non-padding position, the query of every decision (SPEC §2)."""
+    batch, length = shape
+    if attention_mask is None:
+        valid = torch.ones(batch, length, dtype=torch.bool, device=device)
+    else:
+        valid = attention_mask.bool()
+    last = (valid * torch.arange(length, device=device)).argmax(dim=1)
+    return torch.nn.functional.one_hot(last, length).bool() & valid
+
+
+def _prefix(positions: Positions, length: int) -> tuple[Positions, Positions]:
+    """Split a call's positions into its first ``length`` tokens and the rest (last axis is the sequence)."""
+    text = positions.text
+    head = Positions(rope=positions.rope[..., :length], text=None if text is None else text[..., :length])
+    tail = Positions(rope=positions.rope[..., length:], text=None if text is None else text[..., length:])
+    return head, tail
 
 
 class RoutingHandle:
@@ -56,30 +109,32 @@ class RoutingHandle:
         self.config = config
         self.backbone = backbone
         self.text_model = backbone.text_model(model)
+        self.multimodal_model = backbone.multimodal_model(model)
         self.decoder = RoutedDecoder(backbone, self.text_model, config, record_scores)
         self.trace: Trace | None = None
         # decisions of each routed prefill, found again by the cache that decode steps continue
         self._decode_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._original_model_forward = model.forward
-        self._original_text_forward = self.text_model.forward
+        # per layer, the compact layout of its prefill (for output_attentions in decode steps)
+        self._layer_layouts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._warned_unknown = False
         self._active = True
-        model.forward = _wrapping(self._original_model_forward, self._model_forward)
-        self.text_model.forward = _wrapping(self._original_text_forward, self._text_forward)
-        self._encoder = model.model if config.vision_stage is not None else None  # owns get_image_features
-        if self._encoder is not None:
-            stage = get_vision_stage(config.vision_stage)
-            self._encoder.get_image_features = _wrapping(
-                self._encoder.get_image_features, stage.image_features(model, config.vision_parameters)
-            )
+        self._patches = [
+            (model, Patch(model, "generate", self._generate)),
+            (self.multimodal_model, Patch(self.multimodal_model, "forward", self._multimodal_forward)),
+            (self.text_model, Patch(self.text_model, "forward", self._text_forward)),
+        ]
+        if config.vision_stage is not None:
+            stage_features = get_vision_stage(config.vision_stage).image_features(model, config.vision_parameters)
+            patch = Patch(self.multimodal_model, "get_image_features", lambda _original, *a, **k: stage_features(*a, **k))
+            self._patches.append((self.multimodal_model, patch))
+        self._multimodal_signature = inspect.signature(self._patches[1][1].original)
 
     # ------------------------------------------------------------------ lifecycle
     def restore(self) -> nn.Module:
         """Give the model back exactly as it was before `apply` (idempotent)."""
         if self._active:
-            del self.model.forward
-            del self.text_model.forward
-            if self._encoder is not None:
-                del self._encoder.get_image_features
+            for module, patch in reversed(self._patches):
+                patch.undo(module)
             self._active = False
         return self.model
 
@@ -93,22 +148,39 @@ class RoutingHandle:
         state = "active" if self._active else "restored"
         return f"RoutingHandle({type(self.model).__name__}, {self.config}, {state})"
 
-    # ------------------------------------------------------------------ forwards
-    def _model_forward(self, *args, **kwargs):
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        # Decode steps bring no pixels: a generated token that happens to be an image token id is text.
-        brings_visual = any(kwargs.get(name) is not None for name in _VISUAL_INPUTS)
-        visual = None
-        if brings_visual and input_ids is not None:
-            visual = self.backbone.visual_mask(self.model.config, input_ids)
-        token = _CURRENT_CALL.set(_Call(visual=visual))
+    # ------------------------------------------------------------------ generate and forwards
+    def _generate(self, original, *args, **kwargs):
+        prompt_length = check_generate(self.model, args, kwargs)  # refuses before anything runs
+        token = CURRENT_GENERATE.set(GenerateCall(owner=id(self), prompt_length=prompt_length))
         try:
-            return self._original_model_forward(*args, **kwargs)
+            return original(*args, **kwargs)
+        finally:
+            CURRENT_GENERATE.reset(token)
+
+    def _multimodal_forward(self, original, *args, **kwargs):
+        arguments = self._multimodal_signature.bind_partial(*args, **kwargs).arguments
+        arguments = {**arguments.pop("kwargs", {}), **arguments}
+        input_ids, inputs_embeds = arguments.get("input_ids"), arguments.get("inputs_embeds")
+        visual, unknown = None, False
+        if _brings_visual(arguments):
+            # Decode steps bring no pixels: a generated token that happens to be an image token id is text.
+            if input_ids is not None:
+                visual = self.backbone.visual_mask(self.model.config, input_ids)
+            elif inputs_embeds is not None:
+                visual = self.backbone.visual_mask_from_embeds(
+                    self.model.config, self.text_model.embed_tokens, inputs_embeds
+                )
+        elif input_ids is None and inputs_embeds is not None:
+            unknown = True  # embeddings with the features already merged in, or text only: nobody can tell
+        token = _CURRENT_CALL.set(_Call(visual=visual, positions_unknown=unknown))
+        try:
+            return original(*args, **kwargs)
         finally:
             _CURRENT_CALL.reset(token)
 
     def _text_forward(
         self,
+        original,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -119,7 +191,7 @@ class RoutingHandle:
     ):
         call = _CURRENT_CALL.get()
         if call is None:  # the decoder was called on its own, not through the VLM: nothing to route
-            return self._original_text_forward(
+            return original(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
@@ -130,9 +202,7 @@ class RoutingHandle:
             )
         cache = kwargs.pop("past_key_values", cache)
         kwargs.pop("return_dict", None)
-        for name in _UNSUPPORTED_OUTPUTS:
-            if kwargs.pop(name, None):
-                raise ValueError(f"{name}=True is not supported on a routed model; call handle.restore() first")
+        wanted = self._wanted_outputs(kwargs)
         if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2):
             raise ValueError("reroute needs the 2-D padding attention_mask (batch, length) that processors return")
         if inputs_embeds is None:
@@ -144,42 +214,145 @@ class RoutingHandle:
         past = state.past_length(cache) if state is not None else cache.get_seq_length() if cache is not None else 0
         positions = self.backbone.positions(position_ids, inputs_embeds, past)
         if state is not None:
-            if call.visual is not None:
+            if call.visual is not None and bool(call.visual.any()):
                 raise ValueError(
                     "new visual tokens cannot continue a routed cache; start a new generate() call for a new image"
                 )
-            hidden = self.decoder.decode(inputs_embeds, attention_mask, positions, cache, use_cache, state, kwargs)
-            return BaseModelOutputWithPast(last_hidden_state=hidden, cache=cache)
+            # decode steps, or a continuation with more text: new tokens attend to each layer's cached active keys
+            return self._continue(
+                inputs_embeds, attention_mask, positions, cache, use_cache, state, past, wanted, kwargs
+            )
         if past > 0:
             raise ValueError(
                 "reroute cannot continue a KV cache it did not fill; run the prompt through the routed model first"
             )
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.text_model.config)
-        visual = call.visual
-        if visual is None or visual.shape != inputs_embeds.shape[:2]:
-            visual = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
-        present = None
-        if self._encoder is not None:  # the vision stage marked the image tokens it dropped
-            inputs_embeds, present = split_dropped(inputs_embeds, visual.to(inputs_embeds.device))
-        hidden, state, trace = self.decoder.prefill(
-            inputs_embeds, attention_mask, positions, cache, use_cache, visual.to(inputs_embeds.device), kwargs, present
+        check_cache(cache)
+        refuse_packed(position_ids, attention_mask)
+        return self._prefill(call, inputs_embeds, attention_mask, positions, cache, use_cache, wanted, kwargs)
+
+    def _wanted_outputs(self, kwargs: dict) -> _Wanted:
+        """``output_hidden_states`` / ``output_attentions``, defaulting to the decoder config's as stock."""
+        config = self.text_model.config
+        hidden = kwargs.pop("output_hidden_states", None)
+        attentions = kwargs.pop("output_attentions", None)
+        wanted = _Wanted(
+            hidden=getattr(config, "output_hidden_states", False) if hidden is None else hidden,
+            attentions=bool(getattr(config, "output_attentions", False) if attentions is None else attentions),
         )
+        if (wanted.hidden or wanted.attentions) and self.config.vision_stage is not None:
+            raise ValueError(
+                f"output_hidden_states / output_attentions are not supported with vision_stage="
+                f"{self.config.vision_stage!r} yet; call handle.restore() to get them from the stock model"
+            )
+        if wanted.attentions and config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions=True needs attention weights, which attn_implementation="
+                f"{config._attn_implementation!r} does not compute; load the model with attn_implementation='eager'"
+            )
+        return wanted
+
+    def _recording(self, wanted: _Wanted):
+        return outputs.recording(self.decoder.layers, bool(wanted.hidden), wanted.attentions)
+
+    def _continue(self, embeds, attention_mask, positions, cache, use_cache, state, past: int, wanted: _Wanted, kwargs):
+        """Decode step(s) on a routed cache: the new tokens take part in every layer."""
+        with self._recording(wanted) as record:
+            hidden = self.decoder.decode(embeds, attention_mask, positions, cache, use_cache, state, kwargs)
+        hidden_states = attentions = None
+        if wanted.hidden:
+            hidden_states = outputs.select_hidden_states([embeds, *record.hidden[:-1], hidden], wanted.hidden)
+        if wanted.attentions:
+            layouts = self._layer_layouts[cache]()
+            rows = outputs.decode_attentions(record, layouts, state.prompt_length, past, embeds.shape[1])
+            attentions = tuple(rows)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden, cache=cache, hidden_states=hidden_states, attentions=attentions
+        )
+
+    def _prefill(self, call: _Call, embeds, attention_mask, positions, cache, use_cache, wanted: _Wanted, kwargs):
+        """A routed prefill of the prompt, then (inside generate) any tokens after it as decode steps."""
+        length = embeds.shape[1]
+        # Inside generate(), a first forward longer than the prompt carries generated tokens (use_cache=False)
+        # or candidate tokens (assisted / prompt-lookup decoding): decide on the prompt, decode the rest.
+        generating = CURRENT_GENERATE.get()
+        prompt_length = length
+        if generating is not None and generating.owner == id(self) and (generating.prompt_length or length) < length:
+            prompt_length = generating.prompt_length
+        split = prompt_length < length
+        if (use_cache and cache is None) or split:
+            work_cache = cache if cache is not None else DynamicCache(config=self.text_model.config)
+        else:
+            work_cache = cache
+        visual = call.visual
+        if visual is None or visual.shape != embeds.shape[:2]:
+            visual = torch.zeros(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+        visual = visual.to(embeds.device)
+        present = None
+        if self.config.vision_stage is not None:  # the vision stage marked the image tokens it dropped
+            embeds, present = split_dropped(embeds, visual)
+            present = present[:, :prompt_length]
+        visual = visual[:, :prompt_length]
+        prompt_mask = None if attention_mask is None else attention_mask[:, :prompt_length]
+        # The query row (the last prompt token) takes part in every layer: it is never a candidate (docs/semantics.md).
+        visual = visual & ~_last_real_token(prompt_mask, visual.shape, visual.device)
+        head, tail = _prefix(positions, prompt_length)
+        with self._recording(wanted) as record:
+            hidden, state, trace = self.decoder.prefill(
+                embeds[:, :prompt_length], prompt_mask, head, work_cache, use_cache or split, visual, kwargs, present
+            )
+        layouts = functools.cache(functools.partial(self._prefill_layouts, trace, visual, prompt_mask))  # only if asked
+        hidden_states = attentions = None
+        if wanted.hidden:
+            hidden_states = outputs.prefill_hidden_states(embeds[:, :prompt_length], record, layouts(), hidden)
+        if wanted.attentions:
+            attentions = outputs.prefill_attentions(record, layouts(), prompt_length)
+        if split:
+            with self._recording(wanted) as record:
+                rest = self.decoder.decode(
+                    embeds[:, prompt_length:], attention_mask, tail, work_cache, True, state, kwargs
+                )
+            hidden = torch.cat([hidden, rest], dim=1)
+            if wanted.hidden:  # the generated / candidate tokens took part in every layer
+                after = [embeds[:, prompt_length:], *record.hidden[:-1], rest]
+                hidden_states = [torch.cat([a, b], dim=1) for a, b in zip(hidden_states, after)]
+            if wanted.attentions:
+                num_new = length - prompt_length
+                rows = outputs.decode_attentions(record, layouts(), prompt_length, prompt_length, num_new)
+                attentions = [
+                    torch.cat([torch.nn.functional.pad(a, (0, length - prompt_length)), b], dim=2)
+                    for a, b in zip(attentions, rows)
+                ]
+        if call.positions_unknown:
+            trace = dataclasses.replace(trace, note=UNKNOWN_POSITIONS)
+            if not self._warned_unknown:
+                self._warned_unknown = True
+                warnings.warn(f"reroute: {UNKNOWN_POSITIONS}", UserWarning, stacklevel=4)
         self.trace = trace
-        if cache is not None:
-            self._decode_states[cache] = state
-        return BaseModelOutputWithPast(last_hidden_state=hidden, cache=cache)
+        if use_cache:
+            self._decode_states[work_cache] = state
+            self._layer_layouts[work_cache] = layouts
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden,
+            cache=work_cache if use_cache else None,
+            hidden_states=None if hidden_states is None else outputs.select_hidden_states(hidden_states, wanted.hidden),
+            attentions=None if attentions is None else tuple(attentions),
+        )
 
-
-def _wrapping(original, replacement):
-    """A plain function calling ``replacement`` that still shows ``original``'s signature
-    (generate() inspects ``forward``'s parameters, e.g. for ``logits_to_keep``)."""
-
-    @functools.wraps(original)
-    def forward(*args, **kwargs):
-        return replacement(*args, **kwargs)
-
-    return forward
+    def _prefill_layouts(self, trace: Trace, visual: torch.Tensor, attention_mask: torch.Tensor | None) -> list:
+        """Per layer, the compact layout it ran on in the prefill (None: every token), rebuilt from the
+        decisions exactly as the engine builds it: text, padding and the selected visual tokens."""
+        batch, length = visual.shape
+        if attention_mask is not None:
+            visual = visual & attention_mask.bool()
+        active = []
+        for s in range(self.config.num_decisions):
+            chosen = torch.zeros(batch, length, dtype=torch.bool, device=visual.device)
+            for b, sample in enumerate(trace.samples):
+                chosen[b, list(sample.selected[s])] = True
+            active.append(~visual | chosen)
+        stages = outputs.stage_layouts(active)
+        stage_of = [self.config.stage_of_layer(i) for i in range(len(self.decoder.layers))]
+        return [None if s < 0 else stages[s] for s in stage_of]
 
 
 def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone) -> None:
@@ -201,8 +374,14 @@ def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone
         raise ValueError("sliding-window decoder layers are not supported; load the model with use_sliding_window=False")
     if config.vision_stage is not None:
         get_vision_stage(config.vision_stage).check_model(model)
-    if "forward" in model.__dict__:
-        raise ValueError("this model is already routed (or its forward is patched); call handle.restore() first")
+    if Patch.installed(model, "generate") is not None or Patch.installed(text_model, "forward") is not None:
+        raise ValueError("this model is already routed; call handle.restore() first")
+    if Patch.foreign(text_model, "forward"):
+        # The routed path replaces the decoder's forward; another library's wrapper there would be skipped.
+        raise ValueError(
+            f"the forward of {type(text_model).__name__} is already patched by another library; "
+            "apply reroute before that library wraps it, or remove its wrapper first"
+        )
 
 
 def apply(model: nn.Module, config: RoutingConfig, *, record_scores: bool = False) -> RoutingHandle:

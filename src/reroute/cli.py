@@ -21,6 +21,11 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class UserError(Exception):
+    """A problem with what the user asked for (a missing path, a bad value): ``main`` prints
+    ``reroute <command>: <message>`` on one line and exits with status 2, without a traceback."""
+
+
 def _module(name: str):
     return importlib.import_module(f"reroute.commands.{name.replace('-', '_')}")
 
@@ -44,8 +49,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(_module(args.command).run(args) or 0)
+    try:
+        return int(_module(args.command).run(args) or 0)
+    except (UserError, OSError) as error:
+        # OSError: a path the user gave cannot be read or written (missing folder, no permission)
+        print(f"reroute {args.command}: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"reroute {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # `python -m reroute.cli` runs this file as __main__: call the imported module's main so that the
+    # UserError the commands raise (reroute.cli.UserError) is the class main catches.
+    from reroute.cli import main as _main
+
+    raise SystemExit(_main())

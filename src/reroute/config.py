@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -27,6 +28,39 @@ def keep_count(num_visual: int, keep_ratio: float) -> int:
     return max(1, math.floor(num_visual * keep_ratio + _FLOOR_EPS))
 
 
+# numbers' ABCs cover numpy's integers and floats (numpy.bool_ is neither); Python's bool is an int.
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _as_layers(value) -> tuple[int, ...]:
+    """One int or a sequence of ints (Python or numpy) -> tuple of int; bools, floats and strings are refused."""
+    if _is_integer(value):
+        return (int(value),)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(f"decision_layers must be integers, got {value!r}")
+    layers = tuple(value)
+    if any(not _is_integer(d) for d in layers):
+        raise ValueError(f"decision_layers must be integers, got {layers}")
+    return tuple(int(d) for d in layers)
+
+
+def _as_ratios(value, num_layers: int) -> tuple[float, ...]:
+    """One number (the same ratio at every decision) or a sequence of numbers -> tuple of float."""
+    if _is_real(value):
+        return (float(value),) * max(1, num_layers)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(f"keep_ratios must be numbers, got {value!r}")
+    ratios = tuple(value)
+    if any(not _is_real(r) for r in ratios):
+        raise ValueError(f"keep_ratios must be numbers, got {ratios}")
+    return tuple(float(r) for r in ratios)
+
+
 @dataclass(frozen=True)
 class RoutingConfig:
     """A method: a scoring rule, a schedule (decision layers, keep ratios) and an action,
@@ -41,7 +75,8 @@ class RoutingConfig:
             decision is taken. Stage ``s`` is ``[d_s, d_{s+1})``. Must be >= 1: the first
             layer always sees every token.
         keep_ratios: one ratio ``r_s`` in (0, 1] per decision; ``k_s = max(1, floor(N_vis r_s))``
-            with ``N_vis`` the visual tokens of each sample's prompt.
+            with ``N_vis`` the visual tokens of each sample's prompt. A single number is the
+            same ratio at every decision layer (a single int is one decision layer).
         execution: how ``reroute`` runs a stage: ``"stagewise"`` keeps the compact sequence
             through the whole stage, ``"per_layer"`` gathers and scatters at every layer.
             Same numbers; stage-wise moves fewer bytes. ``remove`` always runs stage-wise.
@@ -61,9 +96,10 @@ class RoutingConfig:
     vision_params: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
-        # Accept lists from users (and JSON) but store tuples so the config stays hashable.
-        object.__setattr__(self, "decision_layers", tuple(self.decision_layers))
-        object.__setattr__(self, "keep_ratios", tuple(float(r) for r in self.keep_ratios))
+        # Accept lists (JSON), numpy scalars and a single number, but store tuples of int / float so the
+        # config stays hashable and prints plainly (see _as_layers / _as_ratios).
+        object.__setattr__(self, "decision_layers", _as_layers(self.decision_layers))
+        object.__setattr__(self, "keep_ratios", _as_ratios(self.keep_ratios, len(self.decision_layers)))
         params = self.vision_params
         items = params.items() if isinstance(params, Mapping) else params
         object.__setattr__(self, "vision_params", tuple(sorted((str(k), v) for k, v in items)))
@@ -87,8 +123,6 @@ class RoutingConfig:
         layers, ratios = self.decision_layers, self.keep_ratios
         if not layers:
             raise ValueError("decision_layers is empty: give at least one decision layer, e.g. (3,)")
-        if any(not isinstance(d, int) or isinstance(d, bool) for d in layers):
-            raise ValueError(f"decision_layers must be integers, got {layers}")
         if any(b <= a for a, b in zip(layers, layers[1:])):
             raise ValueError(f"decision_layers must be strictly increasing, got {layers}")
         if layers[0] < 1:

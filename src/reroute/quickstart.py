@@ -47,7 +47,8 @@ def run_quickstart() -> int:
             print(f"KV cache length per layer after prefill: {list(handle.trace.cache_lengths)}")
     print(f"vanilla ids: {vanilla[0, -8:].tolist()}")
     print(f"routed ids:  {routed[0, -8:].tolist()}")
-    print("model restored:", "forward" not in model.__dict__)
+    patched = [("generate", model), ("forward", model.model), ("forward", model.model.language_model)]
+    print("model restored:", all(name not in module.__dict__ for name, module in patched))
     return 0
 
 

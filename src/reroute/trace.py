@@ -56,12 +56,15 @@ class Trace:
     samples: one ``SampleTrace`` per sample of the batch.
     cache_lengths: per layer, the length of that layer's KV cache after prefill (the batch's
         longest active set: shorter samples are padded with masked slack).
+    note: what else the call did that the counts do not show (empty when nothing): e.g. that
+        the visual positions could not be known so the call ran unrouted.
     """
 
     action: str
     decision_layers: tuple[int, ...]
     samples: tuple[SampleTrace, ...]
     cache_lengths: tuple[int, ...]
+    note: str = ""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -77,6 +80,8 @@ class Trace:
 
     def summary(self) -> str:
         lines = [f"{self.action} at layers {list(self.decision_layers)}"]
+        if self.note:
+            lines.append(f"  note: {self.note}")
         for b, s in enumerate(self.samples):
             if not s.routed:
                 lines.append(f"  sample {b}: no visual tokens, ran unrouted")

@@ -52,6 +52,11 @@ class Backbone:
         """The decoder stack (embeddings, layers, norm, rotary) inside the VLM."""
         return model.model.language_model
 
+    def multimodal_model(self, model: nn.Module) -> nn.Module:
+        """The module that merges visual features into the text embeddings and calls the decoder
+        (it receives ``input_ids`` / ``inputs_embeds`` and the pixel values, from the VLM or the user)."""
+        return model.model
+
     def layers(self, text_model: nn.Module) -> nn.ModuleList:
         return text_model.layers
 
@@ -71,6 +76,15 @@ class Backbone:
         mask = torch.zeros_like(input_ids, dtype=torch.bool)
         for token_id in self.visual_token_ids(config):
             mask |= input_ids == token_id
+        return mask
+
+    def visual_mask_from_embeds(self, config, embed_tokens: nn.Module, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` bool from embeddings alone: rows equal to a visual token id's embedding, exactly the
+        rule the stock models use to place the features when they get ``inputs_embeds`` without ids."""
+        mask = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
+        for token_id in self.visual_token_ids(config):
+            row = embed_tokens(torch.tensor(token_id, device=inputs_embeds.device)).to(inputs_embeds.dtype)
+            mask |= (inputs_embeds == row).all(dim=-1)
         return mask
 
     # --- positions ------------------------------------------------------------------------

@@ -6,11 +6,17 @@ import argparse
 
 
 def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x)
+    try:
+        return tuple(float(x) for x in text.split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
 def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x)
+    try:
+        return tuple(int(x) for x in text.split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,12 +69,42 @@ def options_from_args(args: argparse.Namespace):
     return BenchOptions.quick_defaults(**chosen) if args.quick else BenchOptions(**chosen)
 
 
-def run(args: argparse.Namespace) -> int:
-    from reroute.bench import format_report, plot, run_benchmark, write_json
+def _check(args: argparse.Namespace) -> None:
+    """Refuse what would fail deep inside the benchmark, with one line naming the option."""
+    from pathlib import Path
+
+    import torch
+
+    from reroute.cli import UserError
 
     unknown = set(s for s in args.sections.split(",") if s) - {"latency", "scaling", "batch"}
     if unknown:
-        raise SystemExit(f"unknown section(s) {sorted(unknown)}: use any of latency,scaling,batch")
+        raise UserError(f"unknown section(s) {sorted(unknown)}: use any of latency,scaling,batch")
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            raise UserError(f"--device {args.device!r} is not a torch device: use cpu or cuda") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but torch sees no CUDA device: use --device cpu")
+    if args.dtype is not None and not isinstance(getattr(torch, args.dtype, None), torch.dtype):
+        raise UserError(f"--dtype {args.dtype!r} is not a torch dtype: use float32, bfloat16 or float16")
+    counts = {"--threads": args.threads, "--repeats": args.repeats, "--new-tokens": args.new_tokens}
+    for option, value in counts.items():
+        if value is not None and value < 1:
+            raise UserError(f"{option} must be >= 1, got {value}")
+    for option, path in {"--json": args.json, "--plot": args.plot}.items():
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            raise UserError(f"{option} {path}: folder {Path(path).resolve().parent} does not exist; create it first")
+    for option, values in {"--tiers": args.tiers, "--images": args.images, "--batch-sizes": args.batch_sizes}.items():
+        if values is not None and (not values or min(values) <= 0):
+            raise UserError(f"{option} needs positive values, got {args.__dict__[option[2:].replace('-', '_')]}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from reroute.bench import format_report, plot, run_benchmark, write_json
+
+    _check(args)
     result = run_benchmark(options_from_args(args))
     print()
     print(format_report(result))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from reroute.budget import PAPER_TIERS, PRESETS, REFERENCE_NUM_VISUAL, preset
 from reroute.nuwa import QWEN_RATIOS
@@ -113,18 +112,16 @@ def format_table(table: list[Row]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from reroute.cli import UserError
+
     if args.num_visual < 1 or args.num_text < 0:
-        print(
-            f"reroute cost: --num-visual must be at least 1 and --num-text at least 0, "
-            f"got {args.num_visual} and {args.num_text}",
-            file=sys.stderr,
+        raise UserError(
+            f"--num-visual must be at least 1 and --num-text at least 0, got {args.num_visual} and {args.num_text}"
         )
-        return 2
     try:
         table = rows(args.model, args.ratios, args.num_visual, args.num_text)
     except ValueError as error:
-        print(f"reroute cost: {error}", file=sys.stderr)
-        return 2
+        raise UserError(str(error)) from None
     dims = table[0][3].dims
     print(
         f"{args.model}: {dims.num_layers} decoder layers, hidden {dims.hidden_size}, MLP {dims.intermediate_size}, "

@@ -22,20 +22,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from pathlib import Path
+
     from reroute.demo.modeling import MODEL_DIR
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from reroute.cli import UserError
+
     model_dir = args.model_dir or MODEL_DIR
     if not (MODEL_DIR / "config.json").exists() and args.model_dir is None:
         from reroute.quickstart import run_quickstart
 
         print("The bundled demo model is not installed: running the quickstart on a tiny random LLaVA instead.")
         return run_quickstart()
+    if args.model_dir is not None and not (Path(args.model_dir) / "config.json").is_file():
+        problem = "does not exist" if not Path(args.model_dir).exists() else "has no config.json"
+        raise UserError(
+            f"--model-dir {args.model_dir} {problem}: give a folder written by `reroute train-demo-model --output`, "
+            "or leave --model-dir out for the bundled model"
+        )
     if args.num_samples < 1 or args.batch_size < 1:
-        raise SystemExit("--num-samples and --batch-size must be >= 1")
+        raise UserError(f"--num-samples and --batch-size must be >= 1, got {args.num_samples} and {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
 
     from reroute.demo.run import format_table, reroute_vs_remove, run_demo
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
     rows = run_demo(model_dir, args.num_samples, args.batch_size, args.output, figure=not args.no_figure)

@@ -43,7 +43,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-file", default=None, help="also write the log here (default: <output>/training_log.txt)")
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Refuse values that would fail deep inside training, with one line naming the option."""
+    from pathlib import Path
+
+    from reroute.cli import UserError
+
+    for option in ("steps", "batch_size", "threads", "turns"):
+        value = getattr(args, option)
+        if value < 1:
+            raise UserError(f"--{option.replace('_', '-')} must be >= 1, got {value}")
+    for option in ("vision_steps", "warmup_steps", "eval_every", "eval_samples", "test_samples"):
+        value = getattr(args, option)
+        if value < 0:
+            raise UserError(f"--{option.replace('_', '-')} must be >= 0, got {value}")
+    if not args.lr > 0:
+        raise UserError(f"--lr must be > 0, got {args.lr}")
+    if not 0 <= args.curriculum <= 1:
+        raise UserError(f"--curriculum is a fraction of the steps in [0, 1], got {args.curriculum}")
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {args.output} is a file, not a folder: give a folder for save_pretrained")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check(args)
     from pathlib import Path
 
     from reroute.demo.train import TrainConfig, setup_logging, train

@@ -1,0 +1,94 @@
+"""Instance-attribute patches that `apply` installs and `restore` undoes, and nothing more.
+
+A `Patch` replaces one method of one module object (``model.generate``, a module's
+``forward``) by setting an instance attribute, so classes, parameters and buffers are never
+touched. It keeps what was there before:
+
+- a wrapper another library installed first (accelerate's device hooks set ``forward`` on the
+  instance too) is what the routed path calls, and what ``undo`` puts back;
+- a wrapper installed *after* ours cannot be unwound without breaking it, so ``undo`` then
+  leaves the patch in their chain as a pass-through to the original;
+- ``copy.deepcopy`` and pickling a patched module give the *plain* module: the copy's
+  attribute becomes the original method bound to the copy (routing state, traces and caches
+  belong to the handle, which is not copied). Route the copy with ``reroute.apply`` again.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+_ABSENT = object()
+
+
+def _same(callable_: Any) -> Any:
+    """Unpickling helper: the pickled original method (or wrapper) itself."""
+    return callable_
+
+
+class Patch:
+    """``module.<name>`` replaced by ``replacement(original, *args, **kwargs)`` while active."""
+
+    def __init__(self, module: nn.Module, name: str, replacement: Callable[..., Any]) -> None:
+        self._name = name
+        self._previous = module.__dict__.get(name, _ABSENT)  # someone else's instance attribute
+        self._original = getattr(module, name)  # their wrapper, or the class method bound to module
+        self._replacement = replacement
+        self._active = True
+        # generate() and other callers inspect the signature: show the original's
+        self.__wrapped__ = self._original
+        self.__name__ = getattr(self._original, "__name__", name)
+        self.__doc__ = getattr(self._original, "__doc__", None)
+        module.__dict__[name] = self
+
+    @staticmethod
+    def foreign(module: nn.Module, name: str) -> bool:
+        """True when another library set ``module.<name>`` on the instance (a copy's plain bound method is not)."""
+        current = module.__dict__.get(name)
+        if current is None:
+            return False
+        plain = getattr(current, "__self__", None) is module and getattr(current, "__func__", None) is getattr(
+            type(module), name, None
+        )
+        return not plain and not isinstance(current, Patch)
+
+    @staticmethod
+    def installed(module: nn.Module, name: str) -> Patch | None:
+        """The active `Patch` of ``module.<name>``, found through wrappers installed after it."""
+        current = module.__dict__.get(name)
+        seen = set()
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            if isinstance(current, Patch):
+                return current if current._active else None
+            current = getattr(current, "__wrapped__", None)
+        return None
+
+    @property
+    def original(self) -> Callable[..., Any]:
+        return self._original
+
+    def __call__(self, *args, **kwargs):
+        if not self._active:
+            return self._original(*args, **kwargs)
+        return self._replacement(self._original, *args, **kwargs)
+
+    def undo(self, module: nn.Module) -> None:
+        """Remove what this patch added: the previous attribute comes back (or none at all)."""
+        self._active = False
+        if module.__dict__.get(self._name) is self:
+            if self._previous is _ABSENT:
+                del module.__dict__[self._name]
+            else:
+                module.__dict__[self._name] = self._previous
+        # else: a wrapper installed after us holds us; we stay in its chain as a pass-through
+
+    # A copy of the module is plain: its attribute is the original, bound to (or wrapping) the copy.
+    def __deepcopy__(self, memo: dict) -> Any:
+        return copy.deepcopy(self._original, memo)
+
+    def __reduce__(self):
+        return (_same, (self._original,))
