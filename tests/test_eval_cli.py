@@ -87,7 +87,7 @@ def test_config_file_errors(data_dir, tmp_path, capsys):
     bad.write_text(json.dumps({"action": "reroute", "decision_layers": [2], "keep_ratios": [1.5]}))
     assert main(eval_args(data_dir, tmp_path, "--config", str(bad))) == 2
     assert capsys.readouterr().err == (
-        "reroute eval: error: keep ratio 1.5 is outside (0, 1]: each keep ratio must be > 0 and <= 1\n"
+        f"reroute eval: error: --config {bad}: keep ratio 1.5 is outside (0, 1]: each keep ratio must be > 0 and <= 1\n"
     )
     bad.write_text(json.dumps({"action": "remove", "decision_layers": [20], "keep_ratios": [0.5]}))
     assert main(eval_args(data_dir, tmp_path, "--config", str(bad))) == 2
@@ -98,8 +98,8 @@ def test_config_file_errors(data_dir, tmp_path, capsys):
     bad.write_text(json.dumps({"action": "remove", "decision_layer": [2], "keep_ratios": [0.5]}))
     assert main(eval_args(data_dir, tmp_path, "--config", str(bad))) == 2
     assert capsys.readouterr().err == (
-        f"reroute eval: error: --config {bad}: unknown field(s) decision_layer; RoutingConfig has action, "
-        "decision_layers, keep_ratios, execution\n"
+        f"reroute eval: error: --config {bad}: RoutingConfig has no field 'decision_layer': use action, "
+        "decision_layers, execution, keep_ratios, scorer, vision_params, vision_stage\n"
     )
     assert main(eval_args(data_dir, tmp_path, "--config", str(tmp_path / "none.json"))) == 2
     assert capsys.readouterr().err == f"reroute eval: error: --config {tmp_path / 'none.json'}: no such file\n"

@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +123,7 @@ def load_samples(tasks: Sequence[Any], data_dir: str, limit: int | None) -> list
 
 
 def read_config(path: str) -> Any:
-    """A RoutingConfig from a JSON object of its fields (``RoutingConfig.from_dict`` when it exists)."""
+    """A RoutingConfig from a JSON object of its fields (``RoutingConfig.from_dict``)."""
     from reroute.config import RoutingConfig
 
     file = Path(path)
@@ -136,14 +135,10 @@ def read_config(path: str) -> Any:
         raise UserError(f"--config {path} is not valid JSON ({error.msg} at line {error.lineno})") from None
     if not isinstance(data, dict):
         raise UserError(f"--config {path} must hold a JSON object of RoutingConfig fields")
-    from_dict = getattr(RoutingConfig, "from_dict", None)
-    if callable(from_dict):
-        return from_dict(data)
-    known = [f.name for f in fields(RoutingConfig)]
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise UserError(f"--config {path}: unknown field(s) {', '.join(unknown)}; RoutingConfig has {', '.join(known)}")
-    return RoutingConfig(**data)
+    try:
+        return RoutingConfig.from_dict(data)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"--config {path}: {error}") from None
 
 
 def check_method(args: argparse.Namespace) -> None:

@@ -21,7 +21,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +86,7 @@ def config_dict(config: RoutingConfig | None) -> dict[str, Any] | None:
     """A RoutingConfig as plain JSON data (None for vanilla)."""
     if config is None:
         return None
-    to_dict = getattr(config, "to_dict", None)
-    data = to_dict() if callable(to_dict) else asdict(config)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+    return config.to_dict()
 
 
 def partial_path(run_dir: Path, task: str, rank: int) -> Path:
