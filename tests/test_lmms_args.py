@@ -94,7 +94,8 @@ def test_fields_give_that_routing_config_whatever_the_depth(given, expected):
         ({"preset": "fastv", "tier": "high"}, "tier='high' is not a positive number: write e.g. tier=128"),
         ({"preset": "fastv", "tier": -64}, "tier=-64 is not a positive number: write e.g. tier=128"),
         ({"preset": "fastv", "tier": True}, "tier=True is not a positive number: write e.g. tier=128"),
-        ({"preset": "fastv", "tier": 128, "num_visual": 0}, "num_visual=0 is not a positive number: write e.g. num_visual=576"),
+        ({"preset": "fastv", "tier": 128, "num_visual": 0}, "num_visual=0 is not a positive integer: write e.g. num_visual=576"),
+        ({"preset": "fastv", "tier": 128, "num_visual": 576.5}, "num_visual=576.5 is not a positive integer: write e.g. num_visual=576"),
         ({"preset": 3, "tier": 128}, "preset=3 is not a name: write e.g. preset=reroute_vs_fastv"),
         (
             {"preset": "fastv", "tier": 128, "keep_ratios": "[0.5]"},

@@ -98,7 +98,7 @@ class RoutingArgs:
                 preset=preset,
                 tier=_positive_number(given, "tier"),
                 ratios=ratios,
-                num_visual=int(_positive_number(given, "num_visual")) if "num_visual" in given else REFERENCE_NUM_VISUAL,
+                num_visual=_positive_integer(given, "num_visual") if "num_visual" in given else REFERENCE_NUM_VISUAL,
                 execution=execution,
             )
         orphans = [key for key in PRESET_KEYS if key in given]
@@ -147,6 +147,13 @@ def _positive_number(given: dict[str, Any], key: str) -> float:
     value = given[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{key}={value!r} is not a positive number: write e.g. {_EXAMPLES[key]}")
+    return value
+
+
+def _positive_integer(given: dict[str, Any], key: str) -> int:
+    value = given[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{key}={value!r} is not a positive integer: write e.g. {_EXAMPLES[key]}")
     return value
 
 
