@@ -11,6 +11,7 @@ must report the avg_T the routing implies.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import socket
@@ -77,10 +78,10 @@ def lmms_eval(workdir, task_dir):
             return done[key]
         out = workdir / f"out{len(done)}"
         args = [
-            "--model", model, "--model_args", model_args, *flags,
+            "--model", model, "--model_args", model_args,
             "--tasks", demo_task.TASK_NAME, "--include_path", str(task_dir), "--limit", str(NUM_SAMPLES),
-            "--device", "cpu", "--batch_size", "1", "--output_path", str(out), "--log_samples",
-        ]  # fmt: skip
+            "--device", "cpu", "--batch_size", "1", "--output_path", str(out), "--log_samples", *flags,
+        ]  # fmt: skip (flags come last: they override the defaults before them)
         if processes == 1:
             command = [str(BIN / "lmms-eval"), *args]
         else:
@@ -249,3 +250,49 @@ def test_importing_reroute_does_not_import_lmms_eval():
     code = "import sys, reroute, reroute.eval.lmms, reroute.eval.lmms.demo_task; print('lmms_eval' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- Qwen2.5-VL (full environment only)
+
+needs_qwen_env = pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is None or importlib.util.find_spec("qwen_vl_utils") is None,
+    reason="reroute_qwen2_5_vl through lmms-eval needs torchvision (Qwen's processor) and qwen-vl-utils "
+    "(lmms-eval's Qwen classes): see docs/lmms-eval.md",
+)
+# lmms-eval's qwen2_5_vl sends inputs to "cuda" when device_map is "auto" (its default); small images for a tiny model
+QWEN_ARGS = "device_map=cpu,min_pixels=1024,max_pixels=16384"
+QWEN_FLAGS = ("--batch_size", "2", "--gen_kwargs", "max_new_tokens=4")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(workdir) -> Path:
+    from tiny_qwen import save_tiny_qwen
+
+    return save_tiny_qwen(workdir / "qwen")
+
+
+@needs_qwen_env
+def test_qwen_routed_run_reports_the_routing(lmms_eval, tiny_qwen_dir):
+    result = lmms_eval("reroute_qwen2_5_vl", f"pretrained={tiny_qwen_dir},{QWEN_ARGS},{ROUTING}", *QWEN_FLAGS)
+    assert result.results["config"]["model_backend"] == "reroute.eval.lmms.qwen2_5_vl.RerouteQwen2_5_VL (chat)"
+    config = RoutingArgs.from_values({"preset": "reroute_vs_fastv", "tier": 128}).resolve(12)
+    num_visual = result.throughput["avg_reroute_num_visual"]  # every image is resized alike
+    assert num_visual == int(num_visual) > 0
+    assert result.throughput["avg_reroute_avg_T"] == pytest.approx(statistics.fmean(config.visual_counts_per_layer(int(num_visual), 12)))
+    assert result.throughput["avg_reroute_samples"] == result.throughput["avg_reroute_routed_samples"] == NUM_SAMPLES
+
+
+@needs_qwen_env
+def test_qwen_keep_everything_equals_lmms_evals_own_class(lmms_eval, tiny_qwen_dir):
+    # SPEC: keep ratio 1.0 is vanilla; here through lmms-eval's batched (left-padded) Qwen path
+    keep_all = lmms_eval("reroute_qwen2_5_vl", f"pretrained={tiny_qwen_dir},{QWEN_ARGS},decision_layers=[1],keep_ratios=[1]", *QWEN_FLAGS)
+    stock = lmms_eval("qwen2_5_vl", f"pretrained={tiny_qwen_dir},{QWEN_ARGS}", *QWEN_FLAGS)
+    assert keep_all.responses == stock.responses
+    assert keep_all.throughput["avg_reroute_routed_samples"] == NUM_SAMPLES
+
+
+@needs_qwen_env
+def test_qwen_simple_class_routes(lmms_eval, tiny_qwen_dir):
+    result = lmms_eval("reroute_qwen2_5_vl", f"pretrained={tiny_qwen_dir},{QWEN_ARGS},{ROUTING}", "--force_simple", *QWEN_FLAGS)
+    assert result.results["config"]["model_backend"] == "reroute.eval.lmms.qwen2_5_vl.RerouteQwen2_5_VLSimple (simple)"
+    assert result.throughput["avg_reroute_samples"] == NUM_SAMPLES
