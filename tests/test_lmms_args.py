@@ -15,6 +15,7 @@ import reroute
 from reroute import RoutingConfig
 from reroute.demo import modeling, synthetic
 from reroute.demo.train import _score
+from reroute.patching import Patch
 from reroute.eval.lmms import ROUTING_KEYS, RoutingArgs
 from reroute.eval.lmms import demo_task
 from reroute.eval.lmms.session import RoutingSession
@@ -85,7 +86,7 @@ def test_fields_give_that_routing_config_whatever_the_depth(given, expected):
     "given, message",
     [
         ({"preset": "fastv"}, "preset=fastv needs tier=: the budget avg_T, e.g. tier=128 (of 576 visual tokens)"),
-        ({"preset": "fastvv", "tier": 128}, "unknown preset 'fastvv': use one of fastv, pdrop, reroute_vs_fastv, reroute_vs_pdrop"),
+        ({"preset": "fastvv", "tier": 128}, "unknown preset 'fastvv': use one of fastv, pdrop, reroute_vs_fastv, reroute_vs_pdrop, nuwa, nuwa_reroute"),
         ({"preset": "fastv", "tier": 128, "ratios": "exact"}, "ratios=exact is not a ratio source: use ratios=solved or ratios=paper"),
         (
             {"preset": "fastv", "tier": 100, "ratios": "paper"},
@@ -209,8 +210,8 @@ def test_stop_restores_the_model_exactly_and_lets_go_of_it():
 def test_a_running_session_keeps_the_model_routed():
     model = tiny_llava()
     session = RoutingSession(model, RoutingConfig("reroute", (1,), (0.25,)))
-    assert session.active and "forward" in model.__dict__
-    with pytest.raises(ValueError, match=r"^this model is already routed \(or its forward is patched\); call handle.restore\(\) first$"):
+    assert session.active and Patch.installed(model, "generate") is not None
+    with pytest.raises(ValueError, match=r"^this model is already routed; call handle.restore\(\) first$"):
         RoutingSession(model, RoutingConfig("reroute", (1,), (0.25,)))
 
 

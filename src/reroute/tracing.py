@@ -43,13 +43,10 @@ def prompt_text(processor, user_text: str, num_images: int) -> str:
 
 
 def model_family(model, processor) -> str:
-    """The prompt family an evaluation task writes for (`reroute.eval.task.MODEL_FAMILIES`)."""
-    model_type = getattr(model.config, "model_type", "")
-    if model_type in ("qwen2_5_vl", "qwen2_vl"):
-        return "qwen2_5_vl"
-    if model_type == "llava":
-        return "llava" if getattr(processor, "chat_template", None) else "demo"
-    raise ValueError(f"no prompt family for model type {model_type!r}; supported: llava, qwen2_5_vl, qwen2_vl")
+    """The prompt family an evaluation task writes for (`reroute.eval.task.MODEL_FAMILIES`): the runner's rule."""
+    from reroute.eval.families import detect_family
+
+    return detect_family(model, processor)
 
 
 def encode_items(processor, items: Sequence[PromptItem]) -> dict:
