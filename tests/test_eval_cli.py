@@ -162,7 +162,9 @@ def test_paper_table_every_method_and_tier_resumable(data_dir, tmp_path, monkeyp
     table = (tmp_path / "paper_table.md").read_text()
     rows = [line for line in table.splitlines()[2:]]
     assert [tuple(cell.strip() for cell in row.split("|")[1:3]) for row in rows] == [("vanilla", "-")] + [
-        (method, str(tier)) for method in ("fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop") for tier in (192, 128, 64)
+        (method, str(tier))
+        for method in ("fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop", "nuwa", "nuwa_reroute")
+        for tier in (192, 128, 64)
     ]
     assert table.splitlines()[0] == "| method | tier | refcoco_val acc@0.5 | avg_T | FLOPs rel | KV rel |"
     data = json.loads((tmp_path / "paper_table.json").read_text())

@@ -19,8 +19,8 @@ from typing import Any
 
 from reroute.commands import eval as eval_command
 
-#: the methods of the table, in row order (Nüwa's rows join here)
-TABLE_PRESETS: tuple[str, ...] = ("vanilla", "fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop")
+#: the methods of the table, in row order
+TABLE_PRESETS: tuple[str, ...] = ("vanilla", "fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop", "nuwa", "nuwa_reroute")
 #: the paper's tiers (avg_T of 576 visual tokens)
 TABLE_TIERS: tuple[int, ...] = (192, 128, 64)
 
