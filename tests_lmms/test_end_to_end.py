@@ -27,6 +27,7 @@ import pytest
 import reroute
 from reroute.demo import modeling, run
 from reroute.eval.lmms import RoutingArgs, demo_task
+from reroute.patching import Patch
 
 MODEL_DIR = str(modeling.MODEL_DIR)
 NUM_SAMPLES = 8
@@ -226,7 +227,7 @@ def test_without_routing_keys_the_plugin_is_the_stock_class(demo):
     from reroute.eval.lmms.llava_hf import RerouteLlavaHf
 
     lm = RerouteLlavaHf(pretrained=MODEL_DIR, device="cpu")
-    assert lm.routing is None and "forward" not in lm.model.__dict__
+    assert lm.routing is None and Patch.installed(lm.model, "generate") is None
     lm.clean()
 
 
@@ -235,10 +236,11 @@ def test_clean_restores_the_model_and_frees_it():
 
     lm = RerouteLlavaHf(pretrained=MODEL_DIR, device="cpu", preset="reroute_vs_fastv", tier=128)
     model = lm.model
-    assert lm.routing.active and "forward" in model.__dict__
+    assert lm.routing.active and Patch.installed(model, "generate") is not None
     lm.clean()
     assert not lm.routing.active and not hasattr(lm, "_model")
-    assert "forward" not in model.__dict__ and not model._forward_hooks  # stock again for whoever holds it
+    # stock again for whoever holds it: none of apply's instance attributes is left
+    assert "generate" not in model.__dict__ and "forward" not in model.model.__dict__ and not model._forward_hooks
     lm.clean()  # twice is harmless
     ref = weakref.ref(model)
     del model
