@@ -5,10 +5,15 @@ from __future__ import annotations
 from torch import nn
 
 from reroute.backbones.base import Backbone, Positions
+from reroute.backbones.internvl import InternVLBackbone
 from reroute.backbones.llava import LlavaBackbone
+from reroute.backbones.llava_next import LlavaNextBackbone
 from reroute.backbones.qwen2_vl import Qwen2VLBackbone
+from reroute.backbones.qwen3_vl import Qwen3VLBackbone
 
-BACKBONES: tuple[type[Backbone], ...] = (LlavaBackbone, Qwen2VLBackbone)
+BACKBONES: tuple[type[Backbone], ...] = (
+    LlavaBackbone, Qwen2VLBackbone, LlavaNextBackbone, InternVLBackbone, Qwen3VLBackbone,
+)
 
 
 def supported_model_classes() -> list[str]:
