@@ -133,6 +133,7 @@ def tiny_internvl(attn: str = "sdpa", num_layers: int = 6, seed: int = 0, decode
     config = InternVLConfig(
         vision_config=vision, text_config=dict(TEXT, num_hidden_layers=num_layers, model_type=decoder),
         image_token_id=IMAGE, image_seq_length=4,
+        tie_word_embeddings=False,  # as the released 2B-and-larger checkpoints; the tests scale lm_head alone
     )
     return _build(InternVLForConditionalGeneration, config, attn, seed)
 

@@ -144,8 +144,8 @@ def reference_forward(
         keep = torch.zeros(length, dtype=torch.bool)
         keep[active] = True
         h = torch.where(keep[:, None], out, h)  # inactive tokens bypass the layer
+        if states is not None:  # the layer's output, as the stock model records it (before DeepStack)
+            states.append(h)
         if injections is not None and i < len(injections):
             h = torch.where(keep[:, None], h + injections[i], h)  # zero off the visual positions
-        if states is not None:
-            states.append(h)
     return text_model.norm(h[None])[0], found

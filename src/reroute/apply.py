@@ -296,14 +296,16 @@ class RoutingHandle:
         # The query row (the last prompt token) takes part in every layer: it is never a candidate (docs/semantics.md).
         visual = visual & ~_last_real_token(prompt_mask, visual.shape, visual.device)
         head, tail = _prefix(positions, prompt_length)
+        injections = self.backbone.pop_injections(kwargs, embeds)  # Qwen3-VL's DeepStack; None elsewhere
         with self._recording(wanted) as record:
             hidden, state, trace = self.decoder.prefill(
-                embeds[:, :prompt_length], prompt_mask, head, work_cache, use_cache or split, visual, kwargs, present
+                embeds[:, :prompt_length], prompt_mask, head, work_cache, use_cache or split, visual, kwargs, present,
+                injections,
             )
         layouts = functools.cache(functools.partial(self._prefill_layouts, trace, visual, prompt_mask))  # only if asked
         hidden_states = attentions = None
         if wanted.hidden:
-            hidden_states = outputs.prefill_hidden_states(embeds[:, :prompt_length], record, layouts(), hidden)
+            hidden_states = outputs.prefill_hidden_states(embeds[:, :prompt_length], record, layouts(), hidden, injections)
         if wanted.attentions:
             attentions = outputs.prefill_attentions(record, layouts(), prompt_length)
         if split:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask
 
-from reroute.backbones.base import Backbone, Positions, layer_cache_keyword
+from reroute.backbones.base import Backbone, LayerInjections, Positions, layer_cache_keyword
 from reroute.config import RoutingConfig
 from reroute.layout import Layout, with_trash_row
 from reroute.masks import compact_decode_mask, compact_prefill_mask
@@ -125,16 +125,19 @@ class RoutedDecoder:
         visual: torch.Tensor,
         kwargs: dict,
         present: torch.Tensor | None = None,
+        injections: LayerInjections | None = None,
     ) -> tuple[torch.Tensor, DecodeState, Trace]:
         """Routed prefill of ``hidden`` (``(B, L, D)`` merged embeddings); returns the normed last hidden state.
 
         ``present``: ``(B, L)`` bool, False at the visual tokens a vision stage removed. They
         are removed before layer 0 (no layer runs them, no cache holds them) and every other
-        token keeps its original position.
+        token keeps its original position. ``injections``: what the family adds after its first
+        layers (taken from ``kwargs`` when not given); only the tokens that ran a layer receive its.
         """
         config = self.config
         length = hidden.shape[1]
-        injections = self.backbone.pop_injections(kwargs, hidden)  # DeepStack (Qwen3-VL); None elsewhere
+        if injections is None:  # DeepStack (Qwen3-VL); None elsewhere
+            injections = self.backbone.pop_injections(kwargs, hidden)
         prompt = self._prompt(hidden, attention_mask, positions, visual, present)
         stock_mask = self._stock_mask(hidden, attention_mask, cache, positions)
         full_stage = (stock_mask, (prompt.cos[:, :length], prompt.sin[:, :length]), positions.text)

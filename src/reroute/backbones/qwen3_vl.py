@@ -32,7 +32,8 @@ class Qwen3VLBackbone(Backbone):
         visual = visual.to(inputs_embeds.device)
         after_layer = []
         for feature in features:
-            full = inputs_embeds.new_zeros(inputs_embeds.shape)
+            # the whole call's length: inside generate() the engine may get only the prompt's part of it
+            full = inputs_embeds.new_zeros(*visual.shape, inputs_embeds.shape[-1])
             full[visual] = feature.to(inputs_embeds.device, inputs_embeds.dtype)
             after_layer.append(full)
         return LayerInjections(visual=visual, after_layer=tuple(after_layer))
