@@ -128,3 +128,55 @@ def test_named_shapes_are_supported_families(name):
     cls = AutoModelForImageTextToText._model_mapping[type(config)]
     assert cls.__name__ in supported_model_classes()
     assert backbone_for(object.__new__(cls)) is not None
+
+
+# ----------------------------------------------------------------------------- decoders inside supported families
+def _llava_next_with(decoder: dict):
+    from models_more import PINPOINTS, _build
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    config = LlavaNextConfig(
+        vision_config=dict(
+            model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=4, image_size=16, patch_size=8, projection_dim=32,
+        ),
+        text_config=dict(
+            vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, **decoder,
+        ),
+        image_token_id=60, image_grid_pinpoints=PINPOINTS,
+    )
+    return _build(LlavaNextForConditionalGeneration, config, "sdpa", 0)
+
+
+def test_mistral_decoder_with_a_sliding_window_is_refused():
+    model = _llava_next_with(dict(model_type="mistral", sliding_window=4096))
+    message = (
+        "the mistral decoder uses a sliding window of 4096 tokens, which the routed loop cannot run exactly; "
+        "load the model with text_config.sliding_window=None (the same model for prompts shorter than 4096 tokens)"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        reroute.apply(model, RoutingConfig("remove", (1,), (0.5,)))
+    assert "forward" not in model.model.language_model.__dict__  # refused before any change
+    reroute.apply(_llava_next_with(dict(model_type="mistral", sliding_window=None)), RoutingConfig("remove", (1,), (0.5,)))
+
+
+@pytest.mark.parametrize("config", [RoutingConfig("remove", (1, 3), (0.5, 0.25)), RoutingConfig("reroute", (1, 3), (0.3, 0.5))])
+def test_internvl_with_a_qwen3_decoder_equals_reference(config):
+    """InternVL3.5's decoder is Qwen3 (QK-norm): scoring and the routed loop still equal the reference."""
+    from harness import reference_logits, visual_mask
+    from models_more import internvl_batch, internvl_prompt, tiny_internvl
+
+    model = tiny_internvl(decoder="qwen3", num_layers=4)
+    assert hasattr(model.model.language_model.layers[0].self_attn, "q_norm")
+    prompts = [internvl_prompt(2, size=0, seed=1), internvl_prompt(1, size=1, seed=2, text_before=6)]
+    inputs = internvl_batch(prompts, "left")
+    with torch.no_grad():
+        stock = model(**inputs).logits
+    with reroute.apply(model, RoutingConfig("remove", (1,), (1.0,))), torch.no_grad():
+        assert torch.equal(model(**inputs).logits, stock)
+    out, _ = routed(model, config, inputs)
+    expected = reference_logits(model, inputs, visual_mask(model, inputs), config)
+    mask = inputs["attention_mask"].bool()
+    for b, (ref, _) in enumerate(expected):
+        torch.testing.assert_close(out.logits[b, torch.nonzero(mask[b]).flatten()], ref, atol=2e-5, rtol=0)

@@ -33,6 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from reroute import outputs
 from reroute.backbones import Backbone, backbone_for
 from reroute.backbones.base import Positions
+from reroute.backbones.refused import decoder_refusal
 from reroute.config import RoutingConfig
 from reroute.engine import DecodeState, RoutedDecoder
 from reroute.generation_modes import CURRENT_GENERATE, GenerateCall, check_cache, check_generate, refuse_packed
@@ -374,6 +375,8 @@ def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone
         )
     if "sliding_attention" in (getattr(text_model.config, "layer_types", None) or ()):
         raise ValueError("sliding-window decoder layers are not supported; load the model with use_sliding_window=False")
+    if (refused := decoder_refusal(text_model.config)) is not None:
+        raise ValueError(refused)
     if config.vision_stage is not None:
         get_vision_stage(config.vision_stage).check_model(model)
     if Patch.installed(model, "generate") is not None or Patch.installed(text_model, "forward") is not None:
