@@ -35,6 +35,21 @@ def rotary_positions(captured: dict, b: int, length: int, offset: int) -> torch.
     return pos[b : b + 1, offset : offset + length]
 
 
+def sample_injections(captured: dict, b: int, offset: int, length: int) -> list | None:
+    """Qwen3-VL's DeepStack features of sample ``b`` as the reference takes them: per layer an
+    ``(length, D)`` tensor, the feature at each visual position and zero elsewhere (None for other families)."""
+    visual, features = captured.get("visual_pos_masks"), captured.get("deepstack_visual_embeds")
+    if visual is None or features is None:
+        return None
+    embeds = captured["inputs_embeds"]
+    out = []
+    for feature in features:
+        full = torch.zeros_like(embeds)
+        full[visual] = feature.to(embeds.dtype)
+        out.append(full[b, offset : offset + length])
+    return out
+
+
 @torch.no_grad()
 def reference_logits(model, inputs: dict, visual_mask: torch.Tensor, config, extra_tokens: torch.Tensor | None = None):
     """Per-sample reference logits over each sample's real tokens; list of (L_b, V) tensors and decisions."""
@@ -48,7 +63,10 @@ def reference_logits(model, inputs: dict, visual_mask: torch.Tensor, config, ext
         offset, length = int(real[0]), len(real)
         e = embeds[b, offset : offset + length]
         pos = rotary_positions(captured, b, length, offset)
-        hidden, decisions = reference_forward(text_model, pos, e, visual_mask[b, offset : offset + length].tolist(), config)
+        injections = sample_injections(captured, b, offset, length)
+        hidden, decisions = reference_forward(
+            text_model, pos, e, visual_mask[b, offset : offset + length].tolist(), config, injections=injections
+        )
         results.append((model.lm_head(hidden), decisions))
     return results
 

@@ -193,3 +193,27 @@ FAMILIES = {
         "qwen2_vl", lambda attn="sdpa", num_layers=6, seed=0: tiny_qwen("qwen2_vl", attn, num_layers, seed), _qwen_prompt, qwen_batch
     ),
 }
+
+
+# ----------------------------------------------------------------------------- newer families (models_more.py)
+def _more_families() -> dict:
+    import models_more as more
+
+    def anyres(family):
+        return lambda attn="sdpa", num_layers=6, seed=0: more.tiny_llava_next(family, attn, num_layers, seed)
+
+    return {
+        "llava_next": Family("llava_next", anyres("llava_next"), more.anyres_prompt, more.anyres_batch),
+        "llava_onevision": Family("llava_onevision", anyres("llava_onevision"), more.anyres_prompt, more.anyres_batch),
+        "internvl": Family(
+            "internvl", lambda attn="sdpa", num_layers=6, seed=0: more.tiny_internvl(attn, num_layers, seed),
+            more.internvl_prompt, more.internvl_batch,
+        ),
+        "qwen3_vl": Family(
+            "qwen3_vl", lambda attn="sdpa", num_layers=6, seed=0: more.tiny_qwen3_vl(attn, num_layers, seed),
+            more.qwen3_prompt, more.qwen3_batch,
+        ),
+    }
+
+
+FAMILIES.update(_more_families())

@@ -25,8 +25,11 @@ def full_attention_map(layer, hidden: torch.Tensor, cos: torch.Tensor, sin: torc
     hd = attn.head_dim
     q = (x @ attn.q_proj.weight.float().T + (attn.q_proj.bias.float() if attn.q_proj.bias is not None else 0))
     k = (x @ attn.k_proj.weight.float().T + (attn.k_proj.bias.float() if attn.k_proj.bias is not None else 0))
-    q = q.view(len(x), -1, hd).transpose(0, 1)  # (H, L, hd)
-    k = k.view(len(x), -1, hd).transpose(0, 1)  # (KV, L, hd)
+    q, k = q.view(len(x), -1, hd), k.view(len(x), -1, hd)
+    if hasattr(attn, "q_norm"):  # QK-norm (Qwen3 decoders): RMS-normed per head before the rotation
+        q, k = attn.q_norm(q.to(hidden.dtype)).float(), attn.k_norm(k.to(hidden.dtype)).float()
+    q = q.transpose(0, 1)  # (H, L, hd)
+    k = k.transpose(0, 1)  # (KV, L, hd)
     cos, sin = cos.float(), sin.float()
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
@@ -72,11 +75,13 @@ def _mask(active: list[int], length: int, implementation: str, dtype) -> torch.T
 def reference_forward(
     text_model, rotary_positions, embeds, visual, config: RoutingConfig | None, decisions=None,
     present=None, score_offset: int = 0, score_rows: int = 1, score_heads: str = "mean", scores_out=None,
-    states: list | None = None,
+    states: list | None = None, injections: list | None = None,
 ):  # fmt: skip
     """Routed forward of ONE unpadded sample (``embeds`` (L, D)); returns (final hidden (L, D), decisions).
 
     ``states``: when a list, each layer's full-length output (L, D) is appended to it.
+    ``injections``: Qwen3-VL's DeepStack, per layer ``i`` an (L, D) tensor (zero off the visual
+    positions) added after layer ``i`` to the visual tokens that ran layer ``i`` (docs/semantics.md).
 
     ``decisions``: per decision layer, the selected visual positions; computed from
     ``embeds[:decided_length]`` when not given (decode reuses the prefill's decisions and
@@ -139,6 +144,8 @@ def reference_forward(
         keep = torch.zeros(length, dtype=torch.bool)
         keep[active] = True
         h = torch.where(keep[:, None], out, h)  # inactive tokens bypass the layer
-        if states is not None:
+        if states is not None:  # the layer's output, as the stock model records it (before DeepStack)
             states.append(h)
+        if injections is not None and i < len(injections):
+            h = torch.where(keep[:, None], h + injections[i], h)  # zero off the visual positions
     return text_model.norm(h[None])[0], found

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from harness import decoder_inputs, reference_logits, routed, visual_mask
+from harness import decoder_inputs, reference_logits, routed, sample_injections, visual_mask
 from models import FAMILIES
 from reference import reference_forward
 
@@ -187,11 +187,13 @@ def test_generate_equals_reference_decode(family, attn, name):
     # decisions from the prompt alone, then the whole sequence with those decisions
     prompt_captured = decoder_inputs(model, inputs)
     _, decisions = reference_forward(
-        text_model, _rope(prompt_captured, prompt_length), prompt_captured["inputs_embeds"][0], visual[:prompt_length], config
+        text_model, _rope(prompt_captured, prompt_length), prompt_captured["inputs_embeds"][0], visual[:prompt_length], config,
+        injections=sample_injections(prompt_captured, 0, 0, prompt_length),
     )
     captured = decoder_inputs(model, extended)
     hidden, _ = reference_forward(
-        text_model, _rope(captured, ids.shape[1] - 1), captured["inputs_embeds"][0], visual, config, decisions=decisions
+        text_model, _rope(captured, ids.shape[1] - 1), captured["inputs_embeds"][0], visual, config, decisions=decisions,
+        injections=sample_injections(captured, 0, 0, ids.shape[1] - 1),
     )
     predicted = model.lm_head(hidden).argmax(-1)
     assert torch.equal(predicted[prompt_length - 1 :], ids[0, prompt_length:])

@@ -64,7 +64,8 @@ def test_unsupported_model_class():
                                          num_attention_heads=2))
     message = (
         "reroute does not support LlamaForCausalLM; load one of LlavaForConditionalGeneration, "
-        "Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration"
+        "Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration, LlavaNextForConditionalGeneration, "
+        "LlavaOnevisionForConditionalGeneration, InternVLForConditionalGeneration, Qwen3VLForConditionalGeneration"
     )
     with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
         reroute.apply(model, RoutingConfig())

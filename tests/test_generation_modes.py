@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 import torch
-from harness import decoder_inputs, visual_mask
+from harness import decoder_inputs, sample_injections, visual_mask
 from models import FAMILIES, LLAVA_IMAGE_TOKEN, llava_batch, llava_prompt, tiny_llava
 from reference import reference_forward
 
@@ -76,11 +76,13 @@ def reference_logits_for(model, config, inputs, ids):
     text_model = model.model.language_model
     prompt = decoder_inputs(model, inputs)
     _, decisions = reference_forward(
-        text_model, _rope(prompt, prompt_length), prompt["inputs_embeds"][0], visual[:prompt_length], config
+        text_model, _rope(prompt, prompt_length), prompt["inputs_embeds"][0], visual[:prompt_length], config,
+        injections=sample_injections(prompt, 0, 0, prompt_length),
     )
     whole = decoder_inputs(model, extended)
     hidden, _ = reference_forward(
-        text_model, _rope(whole, ids.shape[1] - 1), whole["inputs_embeds"][0], visual, config, decisions=decisions
+        text_model, _rope(whole, ids.shape[1] - 1), whole["inputs_embeds"][0], visual, config, decisions=decisions,
+        injections=sample_injections(whole, 0, 0, ids.shape[1] - 1),
     )
     return model.lm_head(hidden)
 
@@ -528,7 +530,8 @@ def test_hidden_states_and_attentions_equal_the_reference(family, name):
     hook = [a.self_attn.register_forward_hook(lambda m, i, o: weights.append(o[1][0])) for a in text_model.layers]
     try:
         final, decisions = reference_forward(
-            text_model, _rope(captured, length), captured["inputs_embeds"][0], visual, config, states=states
+            text_model, _rope(captured, length), captured["inputs_embeds"][0], visual, config, states=states,
+            injections=sample_injections(captured, 0, 0, length),
         )
     finally:
         for h in hook:

@@ -22,7 +22,7 @@ def test_one_row_scores_equal_full_matrix(family):
     batch, length = 3, 23
     hidden = torch.randn(batch, length, 64, generator=g)
     positions = torch.arange(length)[None].expand(batch, -1)
-    if family != "llava":  # M-RoPE: distinct temporal/height/width rows
+    if backbone.positions(None, hidden, 0).rope.ndim == 3:  # M-RoPE: distinct temporal/height/width rows
         positions = torch.stack([positions, positions // 2, positions % 5])
     cos, sin = backbone.rotary(text_model)(hidden, positions)
     key_valid = torch.rand(batch, length, generator=g) > 0.3

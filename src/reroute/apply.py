@@ -33,6 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from reroute import outputs
 from reroute.backbones import Backbone, backbone_for
 from reroute.backbones.base import Positions
+from reroute.backbones.refused import decoder_refusal
 from reroute.config import RoutingConfig
 from reroute.engine import DecodeState, RoutedDecoder
 from reroute.generation_modes import CURRENT_GENERATE, GenerateCall, check_cache, check_generate, refuse_packed
@@ -296,14 +297,16 @@ class RoutingHandle:
         # The query row (the last prompt token) takes part in every layer: it is never a candidate (docs/semantics.md).
         visual = visual & ~_last_real_token(prompt_mask, visual.shape, visual.device)
         head, tail = _prefix(positions, prompt_length)
+        injections = self.backbone.pop_injections(kwargs, embeds)  # Qwen3-VL's DeepStack; None elsewhere
         with self._recording(wanted) as record:
             hidden, state, trace = self.decoder.prefill(
-                embeds[:, :prompt_length], prompt_mask, head, work_cache, use_cache or split, visual, kwargs, present
+                embeds[:, :prompt_length], prompt_mask, head, work_cache, use_cache or split, visual, kwargs, present,
+                injections,
             )
         layouts = functools.cache(functools.partial(self._prefill_layouts, trace, visual, prompt_mask))  # only if asked
         hidden_states = attentions = None
         if wanted.hidden:
-            hidden_states = outputs.prefill_hidden_states(embeds[:, :prompt_length], record, layouts(), hidden)
+            hidden_states = outputs.prefill_hidden_states(embeds[:, :prompt_length], record, layouts(), hidden, injections)
         if wanted.attentions:
             attentions = outputs.prefill_attentions(record, layouts(), prompt_length)
         if split:
@@ -372,6 +375,8 @@ def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone
         )
     if "sliding_attention" in (getattr(text_model.config, "layer_types", None) or ()):
         raise ValueError("sliding-window decoder layers are not supported; load the model with use_sliding_window=False")
+    if (refused := decoder_refusal(text_model.config)) is not None:
+        raise ValueError(refused)
     if config.vision_stage is not None:
         get_vision_stage(config.vision_stage).check_model(model)
     if Patch.installed(model, "generate") is not None or Patch.installed(text_model, "forward") is not None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask
 
-from reroute.backbones.base import Backbone, Positions, layer_cache_keyword
+from reroute.backbones.base import Backbone, LayerInjections, Positions, layer_cache_keyword
 from reroute.config import RoutingConfig
 from reroute.layout import Layout, with_trash_row
 from reroute.masks import compact_decode_mask, compact_prefill_mask
@@ -125,15 +125,19 @@ class RoutedDecoder:
         visual: torch.Tensor,
         kwargs: dict,
         present: torch.Tensor | None = None,
+        injections: LayerInjections | None = None,
     ) -> tuple[torch.Tensor, DecodeState, Trace]:
         """Routed prefill of ``hidden`` (``(B, L, D)`` merged embeddings); returns the normed last hidden state.
 
         ``present``: ``(B, L)`` bool, False at the visual tokens a vision stage removed. They
         are removed before layer 0 (no layer runs them, no cache holds them) and every other
-        token keeps its original position.
+        token keeps its original position. ``injections``: what the family adds after its first
+        layers (taken from ``kwargs`` when not given); only the tokens that ran a layer receive its.
         """
         config = self.config
         length = hidden.shape[1]
+        if injections is None:  # DeepStack (Qwen3-VL); None elsewhere
+            injections = self.backbone.pop_injections(kwargs, hidden)
         prompt = self._prompt(hidden, attention_mask, positions, visual, present)
         stock_mask = self._stock_mask(hidden, attention_mask, cache, positions)
         full_stage = (stock_mask, (prompt.cos[:, :length], prompt.sin[:, :length]), positions.text)
@@ -206,6 +210,9 @@ class RoutedDecoder:
 
             layer_stage.append(-1 if layout is None else len(prompt_keys) - 1)
             h = self._run_layer(layer, h, mask, position_embeddings, position_ids, cache, use_cache, kwargs)
+            if injections is not None and i < len(injections.after_layer):
+                # part of layer i: only the tokens that ran it receive it (docs/semantics.md)
+                h = _inject(h, layout, injections.visual[:, :length], injections.after_layer[i][:, :length])
             if per_layer and layout is not None:
                 layout.scatter_(buffer, h)
 
@@ -326,6 +333,7 @@ class RoutedDecoder:
     ) -> torch.Tensor:
         """Decode step(s) over per-layer caches of different lengths; returns the normed last hidden state."""
         batch, num_new, _ = hidden.shape
+        self.backbone.pop_injections(kwargs, hidden)  # decode steps bring no visual tokens: nothing to add
         past = state.past_length(cache)  # the full prompt + decoded so far
         decoded = past + num_new - state.prompt_length
         if attention_mask is None:
@@ -350,6 +358,13 @@ class RoutedDecoder:
             mask = stock_mask if stage < 0 else stage_masks[stage]
             h = self._run_layer(layer, h, mask, position_embeddings, positions.text, cache, use_cache, kwargs)
         return self.norm(h)
+
+
+def _inject(h: torch.Tensor, layout: Layout | None, visual: torch.Tensor, added: torch.Tensor) -> torch.Tensor:
+    """Add ``added`` (``(B, L, D)``) at the ``visual`` positions of the states that ran the layer (compact or full)."""
+    if layout is not None:
+        visual, added = layout.gather(with_trash_row(visual)), layout.gather(with_trash_row(added))
+    return torch.where(visual[..., None], h + added, h)
 
 
 def _recorded_scores(scored, b: int) -> tuple[DecisionScores, ...]:

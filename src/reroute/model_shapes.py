@@ -85,4 +85,90 @@ def qwen2_5_vl_7b() -> Any:
     )
 
 
-MODEL_SHAPES = {"llava-1.5-7b": llava_1_5_7b, "qwen2.5-vl-7b": qwen2_5_vl_7b}
+def llava_next_7b() -> Any:
+    """llava-hf/llava-v1.6-vicuna-7b-hf: LLaVA-1.5-7B's CLIP ViT-L/14-336 tower and Vicuna-7B decoder, anyres
+    crops on the grid pinpoints 336x672, 672x336, 672x672, 1008x336, 336x1008 (config.json)."""
+    from transformers import LlavaNextConfig
+
+    base = llava_1_5_7b()
+    return LlavaNextConfig(
+        text_config=base.text_config.to_dict(),
+        vision_config=base.vision_config.to_dict(),
+        image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+        dtype="float16",
+    )
+
+
+def llava_onevision_7b() -> Any:
+    """llava-hf/llava-onevision-qwen2-7b-ov-hf: SigLIP-so400m/14-384 tower (27x27 = 729 features per crop),
+    Qwen2-7B decoder (28 layers, hidden 3584, MLP 18944, 28 heads / 4 key/value heads), anyres_max_9."""
+    from transformers import LlavaOnevisionConfig
+
+    return LlavaOnevisionConfig(
+        text_config=dict(
+            model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+            num_attention_heads=28, num_key_value_heads=4, vocab_size=152128,
+        ),
+        vision_config=dict(
+            model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
+            num_attention_heads=16, image_size=384, patch_size=14,
+        ),
+        dtype="bfloat16",
+    )
+
+
+def internvl3_8b() -> Any:
+    """OpenGVLab/InternVL3-8B-hf: InternViT-300M (448-px tiles of 14-px patches, pixel shuffle 0.5: 256 tokens
+    per tile), Qwen2.5-7B decoder (28 layers, hidden 3584, MLP 18944, 28 heads / 4 key/value heads)."""
+    from transformers import InternVLConfig
+
+    return InternVLConfig(
+        text_config=dict(
+            model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+            num_attention_heads=28, num_key_value_heads=4, vocab_size=151674,
+        ),
+        vision_config=dict(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+            image_size=448, patch_size=14,
+        ),
+        dtype="bfloat16",
+    )
+
+
+def qwen3_vl_8b() -> Any:
+    """Qwen/Qwen3-VL-8B-Instruct: 27-block vision tower (16-px patches, 2x2 merge, DeepStack taps 8/16/24),
+    Qwen3-8B-shaped decoder: 36 layers, hidden 4096, MLP 12288, 32 heads / 8 key/value heads of 128, QK-norm."""
+    from transformers import Qwen3VLConfig
+
+    return Qwen3VLConfig(
+        text_config=dict(
+            hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+            num_key_value_heads=8, head_dim=128, vocab_size=151936,
+        ),
+        vision_config=dict(
+            depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, patch_size=16,
+            out_hidden_size=4096, deepstack_visual_indexes=[8, 16, 24],
+        ),
+        dtype="bfloat16",
+    )
+
+
+MODEL_SHAPES = {
+    "llava-1.5-7b": llava_1_5_7b,
+    "qwen2.5-vl-7b": qwen2_5_vl_7b,
+    "llava-next-7b": llava_next_7b,
+    "llava-onevision-7b": llava_onevision_7b,
+    "internvl3-8b": internvl3_8b,
+    "qwen3-vl-8b": qwen3_vl_8b,
+}
+
+#: visual tokens of one image at each shape's default resolution (what ``reroute cost`` assumes unless told),
+#: counted the way the family's processor counts them
+VISUAL_TOKENS_PER_IMAGE = {
+    "llava-1.5-7b": 576,  # 336 px: 24 x 24 CLIP patches
+    "qwen2.5-vl-7b": 256,  # a 448 x 448 image: 32 x 32 patches of 14 px, merged 2 x 2
+    "llava-next-7b": 2928,  # a 672 x 672 image: base crop 576 + 2 x 2 crops (48 x 48) + 48 newline features
+    "llava-onevision-7b": 1485,  # a 384 x 384 image: base crop 729 + one 27 x 27 crop + 27 newline features
+    "internvl3-8b": 256,  # a 448 x 448 image: one tile (no thumbnail for a single tile)
+    "qwen3-vl-8b": 196,  # a 448 x 448 image: 28 x 28 patches of 16 px, merged 2 x 2
+}

@@ -59,12 +59,16 @@ def stage_layouts(active_per_stage: list[torch.Tensor]) -> list[Layout | None]:
 
 
 def prefill_hidden_states(
-    embeds: torch.Tensor, record: Recorded, layer_layouts: list[Layout | None], final: torch.Tensor
+    embeds: torch.Tensor, record: Recorded, layer_layouts: list[Layout | None], final: torch.Tensor, injections=None
 ) -> list[torch.Tensor]:
-    """Full-length state after every layer: compact outputs scattered over the previous state."""
+    """Full-length state after every layer: compact outputs scattered over the previous state.
+
+    ``injections`` (a `LayerInjections`, Qwen3-VL's DeepStack): the stock model records a layer's
+    output before its injection, and the next layer's input has it (for the tokens that ran the layer).
+    """
     states = [embeds]
     full = embeds
-    for out, layout in zip(record.hidden, layer_layouts):
+    for i, (out, layout) in enumerate(zip(record.hidden, layer_layouts)):
         if layout is None:
             full = out
         else:
@@ -72,6 +76,10 @@ def prefill_hidden_states(
             layout.scatter_(buffer, out)
             full = buffer[:, : full.shape[1]]
         states.append(full)
+        if injections is not None and i < len(injections.after_layer):
+            length = full.shape[1]
+            ran = injections.visual[:, :length] & (True if layout is None else layout.active())
+            full = torch.where(ran[..., None], full + injections.after_layer[i][:, :length], full)
     states[-1] = final
     return states
 

@@ -5,10 +5,16 @@ from __future__ import annotations
 from torch import nn
 
 from reroute.backbones.base import Backbone, Positions
+from reroute.backbones.internvl import InternVLBackbone
 from reroute.backbones.llava import LlavaBackbone
+from reroute.backbones.llava_next import LlavaNextBackbone
 from reroute.backbones.qwen2_vl import Qwen2VLBackbone
+from reroute.backbones.qwen3_vl import Qwen3VLBackbone
+from reroute.backbones.refused import refusal
 
-BACKBONES: tuple[type[Backbone], ...] = (LlavaBackbone, Qwen2VLBackbone)
+BACKBONES: tuple[type[Backbone], ...] = (
+    LlavaBackbone, Qwen2VLBackbone, LlavaNextBackbone, InternVLBackbone, Qwen3VLBackbone,
+)
 
 
 def supported_model_classes() -> list[str]:
@@ -16,6 +22,9 @@ def supported_model_classes() -> list[str]:
 
 
 def backbone_for(model: nn.Module) -> Backbone:
+    refused = refusal(type(model).__name__)
+    if refused is not None:
+        raise TypeError(refused)
     for backbone in BACKBONES:
         if backbone.handles(model):
             return backbone()

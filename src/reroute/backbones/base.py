@@ -30,6 +30,19 @@ class Positions:
     text: torch.Tensor | None
 
 
+@dataclass(frozen=True)
+class LayerInjections:
+    """Features the stock decoder adds to the visual positions after its first layers (Qwen3-VL's DeepStack).
+
+    visual: ``(B, L)`` bool, the positions that receive them (the model's own placeholder mask).
+    after_layer: per layer ``i`` (from 0), ``(B, L, D)``: what is added to the output of layer ``i``
+        at the ``visual`` positions (zero elsewhere).
+    """
+
+    visual: torch.Tensor
+    after_layer: tuple[torch.Tensor, ...]
+
+
 class Backbone:
     """Base adapter. Subclasses set ``model_classes`` and override what differs.
 
@@ -86,6 +99,12 @@ class Backbone:
             row = embed_tokens(torch.tensor(token_id, device=inputs_embeds.device)).to(inputs_embeds.dtype)
             mask |= (inputs_embeds == row).all(dim=-1)
         return mask
+
+    # --- what the decoder adds between layers -------------------------------------------------
+    def pop_injections(self, kwargs: dict, inputs_embeds: torch.Tensor) -> LayerInjections | None:
+        """Take the family's between-layer visual inputs out of the decoder's ``kwargs`` (so the layers
+        never see them); ``None`` for families without any (the default)."""
+        return None
 
     # --- positions ------------------------------------------------------------------------
     def positions(self, position_ids: torch.Tensor | None, inputs_embeds: torch.Tensor, past_length: int) -> Positions:

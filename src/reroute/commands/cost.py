@@ -1,8 +1,9 @@
 """`reroute cost`: per-preset, per-tier decoder cost of a real model shape, without weights.
 
-The model shapes are built from transformers' own config classes with the published
+The named shapes are built from transformers' own config classes with the published
 dimensions typed in, so nothing is downloaded and the numbers follow exactly what
-`reroute.cost` reads from a loaded model.
+`reroute.cost` reads from a loaded model. ``--model`` also takes a local folder holding a
+``config.json`` or a hub id (its config alone is read, never weights).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from reroute.budget import PAPER_TIERS, PRESETS, REFERENCE_NUM_VISUAL, preset
 from reroute.nuwa import QWEN_RATIOS
 from reroute.nuwa_presets import NUWA_PRESETS, nuwa_family
 from reroute.cost import CostReport, cost
-from reroute.model_shapes import MODEL_SHAPES
+from reroute.model_shapes import MODEL_SHAPES, VISUAL_TOKENS_PER_IMAGE
 
 
 MODELS = MODEL_SHAPES
@@ -22,7 +23,10 @@ MODELS = MODEL_SHAPES
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", choices=sorted(MODELS), default="llava-1.5-7b", help="model shape (default: %(default)s)"
+        "--model",
+        default="llava-1.5-7b",
+        help=f"a named shape ({', '.join(sorted(MODELS))}), a local folder with a config.json, or a hub id "
+        "(its config only) (default: %(default)s)",
     )
     parser.add_argument(
         "--ratios",
@@ -31,7 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="published ratios, or the solver's that hit each tier exactly on this depth (default: %(default)s)",
     )
     parser.add_argument(
-        "--num-visual", type=int, default=576, help="visual tokens of the prompt (default: %(default)s)"
+        "--num-visual",
+        type=int,
+        default=None,
+        help=f"visual tokens of the prompt (default: one image at a named shape's default resolution, else "
+        f"{REFERENCE_NUM_VISUAL})",
     )
     parser.add_argument("--num-text", type=int, default=64, help="all other prompt tokens (default: %(default)s)")
     parser.add_argument("--json", metavar="PATH", help="also write every row (full cost reports) as JSON here")
@@ -46,13 +54,33 @@ def target_avg_t(tier: int, num_visual: int) -> float:
     return tier * num_visual / REFERENCE_NUM_VISUAL
 
 
+def load_config(model: str):
+    """The config of a named shape, of a local folder (``config.json``, no network) or of a hub id."""
+    import os
+
+    from transformers import AutoConfig
+
+    if model in MODELS:
+        return MODELS[model]()
+    local = os.path.isdir(model)
+    try:
+        return AutoConfig.from_pretrained(model, local_files_only=local)
+    except (OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        where = "the folder has no readable config.json" if local else "no such folder, and the hub gave no config"
+        raise ValueError(
+            f"--model {model!r}: {where} ({reason}); pass one of {', '.join(sorted(MODELS))}, "
+            "a folder holding a config.json, or a hub id this machine can reach"
+        ) from None
+
+
 def rows(model_name: str, ratios: str, num_visual: int, num_text: int) -> list[Row]:
     """Vanilla, then every preset at the paper's three tiers (scaled to ``num_visual``).
 
     Nüwa's published Qwen2.5-VL settings are overall keep ratios (0.25 / 0.5 / 0.75), not
     tiers: with ``ratios="paper"`` on a Qwen shape its rows are at ``keep x num_visual``.
     """
-    config = MODELS[model_name]()
+    config = load_config(model_name)
     table: list[Row] = [("vanilla", None, None, cost(None, config, num_visual, num_text))]
     for name in (*PRESETS, *NUWA_PRESETS):
         for tier in PAPER_TIERS:
@@ -114,6 +142,8 @@ def format_table(table: list[Row]) -> str:
 def run(args: argparse.Namespace) -> int:
     from reroute.cli import UserError
 
+    if args.num_visual is None:
+        args.num_visual = VISUAL_TOKENS_PER_IMAGE.get(args.model, REFERENCE_NUM_VISUAL)
     if args.num_visual < 1 or args.num_text < 0:
         raise UserError(
             f"--num-visual must be at least 1 and --num-text at least 0, got {args.num_visual} and {args.num_text}"
