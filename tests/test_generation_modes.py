@@ -23,6 +23,7 @@ import reroute
 from reroute import RoutingConfig
 from reroute.apply import UNKNOWN_POSITIONS
 from reroute.backbones import backbone_for
+from reroute.compat import CACHE_KEYWORD
 
 CONFIGS = {
     "remove_pdrop": RoutingConfig("remove", (1, 3, 4), (0.5, 0.25, 0.1)),
@@ -131,7 +132,7 @@ def test_continuation_with_more_text_equals_reference(family, model):
             follow_up["mm_token_type_ids"] = torch.cat(
                 [inputs["mm_token_type_ids"], torch.zeros(1, more.shape[1] - inputs["input_ids"].shape[1], dtype=torch.long)], 1
             )
-        ids = model.generate(**follow_up, cache=first.past_key_values, **GREEDY)
+        ids = model.generate(**follow_up, **{CACHE_KEYWORD: first.past_key_values}, **GREEDY)
     assert torch.equal(ids[:, : more.shape[1]], more)
     assert_reference_predicts(model, config, inputs, ids, given=range(first.sequences.shape[1], more.shape[1]))
 
@@ -152,7 +153,7 @@ def test_continuation_with_a_new_image_is_refused(family, model):
         message = "new visual tokens cannot continue a routed cache; start a new generate() call for a new image"
         lengths = [layer.keys.shape[-2] for layer in first.past_key_values.layers]
         with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-            model.generate(**follow_up, cache=first.past_key_values, **GREEDY)
+            model.generate(**follow_up, **{CACHE_KEYWORD: first.past_key_values}, **GREEDY)
         assert [layer.keys.shape[-2] for layer in first.past_key_values.layers] == lengths  # the cache is untouched
 
 

@@ -24,6 +24,7 @@ from test_generation_modes import REFUSALS, reference_logits_for
 import reroute
 from reroute import RoutingConfig
 from reroute.backbones import backbone_for
+from reroute.compat import CACHE_KEYWORD
 
 MODELS = {name: family.make_model() for name, family in FAMILIES.items()}
 ASSISTANTS = {name: family.make_model(seed=1) for name, family in FAMILIES.items()}
@@ -113,7 +114,7 @@ def test_generate_modes_are_exact_or_refused(scenario):
             if "mm_token_type_ids" in inputs:
                 extra = torch.zeros(1, more.shape[1] - inputs["input_ids"].shape[1], dtype=torch.long)
                 follow_up["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], extra], dim=1)
-            out = model.generate(**follow_up, do_sample=False, cache=first.past_key_values, **options)
+            out = model.generate(**follow_up, do_sample=False, **{CACHE_KEYWORD: first.past_key_values}, **options)
             given_text = torch.cat([first.sequences[0, inputs["input_ids"].shape[1] :], added])
             _assert_logits_match_reference(model, config, family, prompts, inputs, out, given_text)
             return
