@@ -76,13 +76,18 @@ def _rotary_tables(text_model, embeds: torch.Tensor, rotary_positions: torch.Ten
     layers pick head-dim section ``i`` from axis ``i % 3``), merged ``(1, L, d)`` tables since.
     """
     cos, sin = text_model.rotary_emb(embeds[None], rotary_positions)
-    if cos.ndim == 3:
-        return (cos, sin), (cos[0], sin[0])
-    config = text_model.config
+    return (cos, sin), (merged_rotary(text_model.config, cos)[0], merged_rotary(text_model.config, sin)[0])
+
+
+def merged_rotary(config, table: torch.Tensor) -> torch.Tensor:
+    """``(B, L, d)``: each token's rotary table; per-axis Qwen-VL tables ``(3, B, L, d)`` (before
+    transformers 5.23) take head-dim section ``i`` from axis ``i % 3``, as their attention does."""
+    if table.ndim == 3:
+        return table
     sections = (getattr(config, "rope_parameters", None) or config.rope_scaling)["mrope_section"] * 2
     axis = torch.cat([torch.full((n,), i % 3) for i, n in enumerate(sections)])  # (d,) axis of each dim
-    pick = lambda t: t[:, 0].permute(1, 2, 0).gather(-1, axis.expand(t.shape[2], -1)[..., None])[..., 0]  # noqa: E731
-    return (cos, sin), (pick(cos), pick(sin))
+    index = axis.view(1, 1, 1, -1).expand(1, *table.shape[1:])
+    return table.gather(0, index)[0]
 
 
 @torch.no_grad()

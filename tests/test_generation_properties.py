@@ -100,7 +100,12 @@ def test_generate_modes_are_exact_or_refused(scenario):
             beam = dict(options, num_beams=2, output_logits=False)
             out = model.generate(**inputs, do_sample=False, **beam)
             uncached = model.generate(**inputs, do_sample=False, use_cache=False, **beam)
-            assert torch.equal(out.sequences, uncached.sequences)
+            if not torch.equal(out.sequences, uncached.sequences):
+                # transformers 4.57's own beam search differs with and without a cache on some inputs
+                # (5.x's does not): the routed model may differ only where the stock model does
+                handle.restore()
+                stock = [model.generate(**inputs, do_sample=False, use_cache=c, **beam).sequences for c in (True, False)]
+                assert not torch.equal(*stock), "routed beam search differs with and without a cache; stock does not"
             return
         elif mode == "assisted":
             out = model.generate(**inputs, do_sample=False, assistant_model=ASSISTANTS[family], **options)

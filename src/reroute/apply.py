@@ -328,6 +328,7 @@ class RoutingHandle:
         self.trace = trace
         if use_cache:
             self._decode_states[work_cache] = state
+            compat.crop_per_layer(work_cache, functools.partial(state.past_length, work_cache))
             self._layer_layouts[work_cache] = layouts
         return compat.decoder_output(
             hidden,

@@ -10,6 +10,7 @@ names the release where it appears. docs/compat.md has the table of tested relea
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,11 @@ try:  # 5.24 and later
 except ImportError:  # 4.57 .. 5.23
     _get_vision_window_index = None
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision  # noqa: E402  (all releases)
+
+# DynamicCache.crop(n), which assisted / prompt-lookup decoding calls to drop rejected candidates:
+# before 5.24 (4.57, 5.4) ``n`` is the length to keep, one number for every layer; in 5.24, minus the
+# number of tokens to remove from each layer, which is right for layers of different lengths as is.
+CROP_TAKES_LENGTH = "max_length" in inspect.signature(DynamicLayer.crop).parameters
 
 #: keyword arguments the stock decoder forward receives that the routed loop recomputes itself
 #: (4.57 passes ``cache_position`` down from the multimodal model; 5.0 dropped it)
@@ -101,6 +107,26 @@ def new_cache(config) -> DynamicCache:
 def is_plain_dynamic_cache(cache) -> bool:
     """A DynamicCache whose layers are all plain dynamic layers (the only cache whose layers may differ in length)."""
     return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def crop_per_layer(cache, full_length: Callable[[], int]) -> None:
+    """Make ``cache.crop(length)`` remove the same trailing (decoded) tokens from every layer of a routed cache,
+    whose layers hold fewer entries than ``full_length()`` (the positions so far) where the prompt was compact.
+
+    Only where crop takes a length to keep (before 5.24): an instance attribute of this one cache object,
+    which lives as long as the generate call that made it."""
+    if not CROP_TAKES_LENGTH or cache is None:
+        return
+
+    def crop(max_length: int) -> None:
+        remove = -max_length if max_length < 0 else full_length() - max_length
+        if remove <= 0:
+            return
+        for layer in cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys, layer.values = layer.keys[..., :-remove, :], layer.values[..., :-remove, :]
+
+    cache.crop = crop
 
 
 def layer_output(out) -> torch.Tensor:
@@ -204,6 +230,7 @@ __all__ = [
     "apply_rotary_pos_emb",
     "apply_rotary_pos_emb_vision",
     "check_release",
+    "crop_per_layer",
     "decoder_output",
     "is_plain_dynamic_cache",
     "layer_output",
