@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import pytest
 import torch
 from models import FAMILIES
@@ -29,7 +32,7 @@ def test_supported_releases_pass(version):
 
 @pytest.mark.parametrize("version", ["4.56.2", "4.46.0", "5.25.0", "5.25.0.dev0", "6.0.0"])
 def test_unsupported_release_is_refused_in_one_line(version):
-    with pytest.raises(RuntimeError, match=f"^{RANGE_ERROR.format(v=version).replace('(', '[(]')}$".replace("*", "[*]")):
+    with pytest.raises(RuntimeError, match=f"^{re.escape(RANGE_ERROR.format(v=version))}$"):
         compat.check_release(version)
 
 
@@ -40,7 +43,7 @@ def test_installed_release_is_supported():
 def test_apply_refuses_an_unsupported_release_before_touching_the_model(monkeypatch):
     model = FAMILIES["llava"].make_model()
     monkeypatch.setattr(compat, "TRANSFORMERS_VERSION", "4.56.2")
-    with pytest.raises(RuntimeError, match=r"^transformers 4\.56\.2 is not supported; reroute runs on transformers >=4\.57,<5\.25"):
+    with pytest.raises(RuntimeError, match=f"^{re.escape(RANGE_ERROR.format(v='4.56.2'))}$"):
         reroute.apply(model, RoutingConfig("remove", (2,), (0.25,)))
     assert Patch.installed(model, "generate") is None
     assert Patch.installed(model.model.language_model, "forward") is None
@@ -53,15 +56,13 @@ def test_cache_keyword_is_the_layers_own(family):
     layer = backbone_for(model).layers(backbone_for(model).text_model(model))[0]
     decided = compat.Compat.for_model(layer, model.config.get_text_config())
     assert decided.cache_keyword == compat.CACHE_KEYWORD
-    assert decided.cache_keyword in __import__("inspect").signature(layer.forward).parameters
+    assert decided.cache_keyword in inspect.signature(layer.forward).parameters
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
 def test_merged_tables_rotate_as_the_stock_attention_does(family):
     """The engine's (B, L, d) tables with the plain rotation give exactly the rotation the family's own
     attention applies to what its rotary module returns, per-axis (before 5.23) or merged (since)."""
-    import inspect
-
     model = FAMILIES[family].make_model()
     backbone = backbone_for(model)
     text_model = backbone.text_model(model)
@@ -92,3 +93,13 @@ def test_decoder_output_carries_the_cache_where_the_release_reads_it():
     out = compat.decoder_output(torch.zeros(1, 1, 4), cache)
     assert compat.output_cache(out) is cache
     assert getattr(out, compat.CACHE_KEYWORD) is cache
+
+
+def test_vision_stage_is_refused_before_5_24_in_one_line(monkeypatch):
+    assert compat.vision_stage_refusal("nuwa", "5.24.0") is None
+    model = FAMILIES["llava"].make_model()
+    monkeypatch.setattr(compat, "TRANSFORMERS_VERSION", "5.4.0")
+    message = "vision_stage='nuwa' needs transformers>=5.24,<5.25 (installed: 5.4.0); upgrade transformers, or route without a vision stage"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        reroute.apply(model, RoutingConfig("remove", (2,), (0.25,), vision_stage="nuwa"))
+    assert Patch.installed(model, "generate") is None

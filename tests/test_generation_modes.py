@@ -137,6 +137,10 @@ def test_continuation_with_more_text_equals_reference(family, model):
     assert_reference_predicts(model, config, inputs, ids, given=range(first.sequences.shape[1], more.shape[1]))
 
 
+@pytest.mark.skipif(
+    int(compat.TRANSFORMERS_VERSION.split(".")[0]) < 5,
+    reason="transformers 4.x's generate() drops the pixel values of a call that continues a cache: no model sees the new image",
+)
 def test_continuation_with_a_new_image_is_refused(family, model):
     inputs = _single(family, num_images=1)
     with reroute.apply(model, CONFIGS["reroute_stagewise"]), torch.no_grad():

@@ -372,6 +372,9 @@ def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone
     if "sliding_attention" in (getattr(text_model.config, "layer_types", None) or ()):
         raise ValueError("sliding-window decoder layers are not supported; load the model with use_sliding_window=False")
     if config.vision_stage is not None:
+        refusal = compat.vision_stage_refusal(config.vision_stage)
+        if refusal is not None:
+            raise ValueError(refusal)
         get_vision_stage(config.vision_stage).check_model(model)
     if Patch.installed(model, "generate") is not None or Patch.installed(text_model, "forward") is not None:
         raise ValueError("this model is already routed; call handle.restore() first")

@@ -85,6 +85,18 @@ def check_release(version: str | None = None) -> None:
         raise RuntimeError(message)
 
 
+def vision_stage_refusal(name: str, version: str | None = None) -> str | None:
+    """Nüwa's vision stage hooks the vision towers and replaces ``get_image_features``, whose outputs
+    changed shape over the 5.x releases; it is tested on 5.24 only and refused before (one line)."""
+    version = TRANSFORMERS_VERSION if version is None else version
+    if Version(Version(version).base_version) >= Version("5.24"):
+        return None
+    return (
+        f"vision_stage={name!r} needs transformers>=5.24,<5.25 (installed: {version}); "
+        "upgrade transformers, or route without a vision stage"
+    )
+
+
 def decoder_output(last_hidden_state, cache, hidden_states=None, attentions=None) -> BaseModelOutputWithPast:
     """The decoder's output, with the cache in the field this release names (``cache`` since 5.24)."""
     return BaseModelOutputWithPast(
@@ -237,5 +249,6 @@ __all__ = [
     "new_cache",
     "output_cache",
     "unsupported_release",
+    "vision_stage_refusal",
     "vision_window_index",
 ]
