@@ -75,6 +75,9 @@ def _rotary_tables(text_model, embeds: torch.Tensor, rotary_positions: torch.Ten
     Qwen-VL's rotary module returns per-axis tables ``(3, 1, L, d)`` before transformers 5.23 (the
     layers pick head-dim section ``i`` from axis ``i % 3``), merged ``(1, L, d)`` tables since.
     """
+    rope = getattr(text_model.config, "rope_parameters", None) or getattr(text_model.config, "rope_scaling", None) or {}
+    if "mrope_section" in rope and rotary_positions.ndim == 2:  # M-RoPE text positions: one row per axis, as stock
+        rotary_positions = rotary_positions[None].expand(3, -1, -1)
     cos, sin = text_model.rotary_emb(embeds[None], rotary_positions)
     return (cos, sin), (merged_rotary(text_model.config, cos)[0], merged_rotary(text_model.config, sin)[0])
 
