@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup clean test-lmms
+.PHONY: demo test setup clean test-lmms test-compat
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,5 +37,26 @@ $(LMMS_BIN)/.installed: pyproject.toml tests_lmms/requirements.txt
 test-lmms: $(LMMS_BIN)/.installed
 	$(LMMS_BIN)/python -m pytest tests_lmms
 
+# The engine's equivalence and invariant tests on the other ends of the supported transformers
+# range (docs/compat.md), each release in its own environment; 5.24 (the newest) is `make test`.
+# Only what the engine's tests import: the eval extras (datasets, accelerate) need a newer hub.
+COMPAT_RELEASES ?= 4.57.6 5.4.0
+COMPAT_TESTS := tests/test_compat.py tests/test_engine.py tests/test_properties.py tests/test_positions.py \
+	tests/test_scoring.py tests/test_errors.py tests/test_generation_modes.py tests/test_generation_properties.py
+
+.venv-tf%/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-tf$*
+	.venv-tf$*/bin/pip install --quiet --upgrade pip
+	.venv-tf$*/bin/pip install --quiet torch==2.13.0
+	.venv-tf$*/bin/pip install --quiet "transformers==$*" "pytest>=8" "hypothesis>=6.100" "pillow>=10" "tqdm>=4.66"
+	.venv-tf$*/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+test-compat: $(foreach v,$(COMPAT_RELEASES),.venv-tf$(v)/.installed)
+	set -e; for v in $(COMPAT_RELEASES); do \
+		echo "== transformers $$v"; REROUTE_TEST_FAMILIES=llava,qwen2_5_vl,qwen2_vl \
+			.venv-tf$$v/bin/python -m pytest -p no:cacheprovider $(COMPAT_TESTS); \
+	done
+
 clean:
-	rm -rf $(VENV) $(LMMS_VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(LMMS_VENV) .venv-tf* outputs .pytest_cache

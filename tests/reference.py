@@ -71,6 +71,31 @@ def _mask(active: list[int], length: int, implementation: str, dtype) -> torch.T
     return torch.zeros(1, 1, length, length, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
+def _rotary_tables(text_model, embeds: torch.Tensor, rotary_positions: torch.Tensor):
+    """The rotary tables as the stock decoder hands them to its layers, and each token's ``(L, head_dim)``
+    rotation (what the scores use).
+
+    Qwen-VL's rotary module returns per-axis tables ``(3, 1, L, d)`` before transformers 5.23 (the
+    layers pick head-dim section ``i`` from axis ``i % 3``), merged ``(1, L, d)`` tables since.
+    """
+    rope = getattr(text_model.config, "rope_parameters", None) or getattr(text_model.config, "rope_scaling", None) or {}
+    if "mrope_section" in rope and rotary_positions.ndim == 2:  # M-RoPE text positions: one row per axis, as stock
+        rotary_positions = rotary_positions[None].expand(3, -1, -1)
+    cos, sin = text_model.rotary_emb(embeds[None], rotary_positions)
+    return (cos, sin), (merged_rotary(text_model.config, cos)[0], merged_rotary(text_model.config, sin)[0])
+
+
+def merged_rotary(config, table: torch.Tensor) -> torch.Tensor:
+    """``(B, L, d)``: each token's rotary table; per-axis Qwen-VL tables ``(3, B, L, d)`` (before
+    transformers 5.23) take head-dim section ``i`` from axis ``i % 3``, as their attention does."""
+    if table.ndim == 3:
+        return table
+    sections = (getattr(config, "rope_parameters", None) or config.rope_scaling)["mrope_section"] * 2
+    axis = torch.cat([torch.full((n,), i % 3) for i, n in enumerate(sections)])  # (d,) axis of each dim
+    index = axis.view(1, 1, 1, -1).expand(1, *table.shape[1:])
+    return table.gather(0, index)[0]
+
+
 @torch.no_grad()
 def reference_forward(
     text_model, rotary_positions, embeds, visual, config: RoutingConfig | None, decisions=None,
@@ -96,8 +121,7 @@ def reference_forward(
     length = embeds.shape[0]
     layers = text_model.layers
     implementation = text_model.config._attn_implementation
-    cos, sin = text_model.rotary_emb(embeds[None], rotary_positions)
-    cos, sin = cos[0], sin[0]
+    layer_tables, (cos, sin) = _rotary_tables(text_model, embeds, rotary_positions)
     present = [True] * length if present is None else list(present) + [True] * (length - len(present))
     visual_positions = [j for j in range(length) if visual[j] and present[j]]
     text_positions = [j for j in range(length) if not visual[j]]
@@ -140,7 +164,8 @@ def reference_forward(
         if scoring and score_offset < 0:  # an earlier layer's attention, after any decision taken there
             score_at(i, layer)
         mask = _mask(active, length, implementation, h.dtype)
-        out = layer(h[None], attention_mask=mask, position_embeddings=(cos[None], sin[None]))[0]
+        out = layer(h[None], attention_mask=mask, position_embeddings=layer_tables)
+        out = (out[0] if isinstance(out, tuple) else out)[0]  # Qwen-VL layers return tuples before transformers 5.0
         keep = torch.zeros(length, dtype=torch.bool)
         keep[active] = True
         h = torch.where(keep[:, None], out, h)  # inactive tokens bypass the layer

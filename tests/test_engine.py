@@ -15,6 +15,7 @@ from reference import reference_forward
 
 import reroute
 from reroute import RoutingConfig
+from reroute.compat import output_cache
 
 FAMILY_NAMES = list(FAMILIES)
 ATOL = 2e-5
@@ -132,7 +133,7 @@ def test_deferred_token_leaves_stage_unchanged(family, model, monkeypatch):
 def test_cache_length_is_active_count(family, model, name):
     inputs = _single(family)
     out, trace = routed(model, CONFIGS[name], inputs, use_cache=True)
-    lengths = [layer.keys.shape[-2] for layer in out.cache.layers]
+    lengths = [layer.keys.shape[-2] for layer in output_cache(out).layers]
     assert lengths == list(trace.cache_lengths) == list(trace[0].tokens_per_layer)
     num_text = inputs["input_ids"].shape[1] - trace[0].num_visual
     assert [n - num_text for n in lengths] == list(trace[0].visual_per_layer)

@@ -10,6 +10,7 @@ from models import FAMILIES, tiny_llava
 
 import reroute
 from reroute import RoutingConfig
+from reroute.compat import CACHE_KEYWORD, output_cache
 
 
 @pytest.mark.parametrize(
@@ -123,11 +124,11 @@ def test_continuing_a_routed_cache_with_a_new_image_is_refused():
     model = tiny_llava()
     inputs = llava_batch([llava_prompt(1)])
     with reroute.apply(model, RoutingConfig()), torch.no_grad():
-        cache = model(**inputs, use_cache=True).cache
+        cache = output_cache(model(**inputs, use_cache=True))
         more = dict(inputs, attention_mask=torch.ones(1, 2 * inputs["input_ids"].shape[1], dtype=torch.long))
         message = "new visual tokens cannot continue a routed cache; start a new generate() call for a new image"
         with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-            model(**more, cache=cache, use_cache=True)
+            model(**more, **{CACHE_KEYWORD: cache}, use_cache=True)
 
 
 def test_a_cache_filled_without_routing_is_refused():
@@ -136,8 +137,8 @@ def test_a_cache_filled_without_routing_is_refused():
     model = tiny_llava()
     inputs = llava_batch([llava_prompt(1)])
     with torch.no_grad():
-        cache = model(**inputs, use_cache=True).cache
+        cache = output_cache(model(**inputs, use_cache=True))
         step = {"input_ids": torch.tensor([[7]]), "attention_mask": torch.ones(1, inputs["input_ids"].shape[1] + 1, dtype=torch.long)}
         message = "reroute cannot continue a KV cache it did not fill; run the prompt through the routed model first"
         with reroute.apply(model, RoutingConfig()), pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-            model(**step, cache=cache, use_cache=True)
+            model(**step, **{CACHE_KEYWORD: cache}, use_cache=True)

@@ -20,9 +20,10 @@ from models import FAMILIES, LLAVA_IMAGE_TOKEN, llava_batch, llava_prompt, tiny_
 from reference import reference_forward
 
 import reroute
-from reroute import RoutingConfig
+from reroute import RoutingConfig, compat
 from reroute.apply import UNKNOWN_POSITIONS
 from reroute.backbones import backbone_for
+from reroute.compat import CACHE_KEYWORD
 
 CONFIGS = {
     "remove_pdrop": RoutingConfig("remove", (1, 3, 4), (0.5, 0.25, 0.1)),
@@ -133,11 +134,15 @@ def test_continuation_with_more_text_equals_reference(family, model):
             follow_up["mm_token_type_ids"] = torch.cat(
                 [inputs["mm_token_type_ids"], torch.zeros(1, more.shape[1] - inputs["input_ids"].shape[1], dtype=torch.long)], 1
             )
-        ids = model.generate(**follow_up, cache=first.past_key_values, **GREEDY)
+        ids = model.generate(**follow_up, **{CACHE_KEYWORD: first.past_key_values}, **GREEDY)
     assert torch.equal(ids[:, : more.shape[1]], more)
     assert_reference_predicts(model, config, inputs, ids, given=range(first.sequences.shape[1], more.shape[1]))
 
 
+@pytest.mark.skipif(
+    int(compat.TRANSFORMERS_VERSION.split(".")[0]) < 5,
+    reason="transformers 4.x's generate() drops the pixel values of a call that continues a cache: no model sees the new image",
+)
 def test_continuation_with_a_new_image_is_refused(family, model):
     inputs = _single(family, num_images=1)
     with reroute.apply(model, CONFIGS["reroute_stagewise"]), torch.no_grad():
@@ -154,7 +159,7 @@ def test_continuation_with_a_new_image_is_refused(family, model):
         message = "new visual tokens cannot continue a routed cache; start a new generate() call for a new image"
         lengths = [layer.keys.shape[-2] for layer in first.past_key_values.layers]
         with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-            model.generate(**follow_up, cache=first.past_key_values, **GREEDY)
+            model.generate(**follow_up, **{CACHE_KEYWORD: first.past_key_values}, **GREEDY)
         assert [layer.keys.shape[-2] for layer in first.past_key_values.layers] == lengths  # the cache is untouched
 
 
@@ -176,7 +181,8 @@ def test_assisted_and_prompt_lookup_equal_greedy_and_reference(family, model, mo
     config = CONFIGS["remove_pdrop"]
     inputs = _single(family)
     extra = {"assistant_model": family.make_model(seed=1)} if mode == "assistant" else {"prompt_lookup_num_tokens": 3}
-    options = dict(GREEDY, max_new_tokens=12, min_new_tokens=12)
+    # EOS suppressed rather than min_new_tokens: transformers 4.57 refuses any minimum length with assisted decoding
+    options = dict(do_sample=False, max_new_tokens=12, suppress_tokens=[model.generation_config.eos_token_id])
     cropped = []
     crop = DynamicCache.crop
     monkeypatch.setattr(DynamicCache, "crop", lambda self, n: cropped.append(n) or crop(self, n))
@@ -190,7 +196,9 @@ def test_assisted_and_prompt_lookup_equal_greedy_and_reference(family, model, mo
     assert torch.equal(assisted, greedy)
     assert_reference_predicts(model, config, inputs, assisted)
     if mode == "assistant":  # candidates were verified in one forward, and rejected ones cropped from every layer
-        assert any(n > 1 for n in calls[1:]) and any(n < 0 for n in cropped)
+        assert any(n > 1 for n in calls[1:])
+        if not compat.CROP_TAKES_LENGTH:  # before 5.24 the routed cache crops through its own instance method
+            assert any(n < 0 for n in cropped)
 
 
 # ----------------------------------------------------------------------------- 4. inputs_embeds
@@ -325,7 +333,7 @@ def test_a_static_cache_object_is_refused_in_forward_and_generate():
         for call in (model, lambda **kw: model.generate(**kw, **GREEDY)):
             cache = StaticCache(config=model.config.text_config, max_cache_len=64)
             with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-                call(**inputs, cache=cache, use_cache=True)
+                call(**inputs, **{CACHE_KEYWORD: cache}, use_cache=True)
 
 
 def test_packed_rows_are_refused():
@@ -505,10 +513,18 @@ def test_pickling_after_a_forward_fails_as_on_the_stock_model():
         stock(**inputs)
         with reroute.apply(routed, CONFIGS["reroute_stagewise"]):
             routed(**inputs)
-            with pytest.raises(AttributeError, match="install_output_capuring_hook"):
-                pickle.dumps(routed)
-    with pytest.raises(AttributeError, match="install_output_capuring_hook"):
-        pickle.dumps(stock)
+            routed_error = _pickling_error(routed)
+    # transformers 5.x installs those hooks; 4.57 does not, and both models pickle there
+    assert routed_error == _pickling_error(stock)
+
+
+def _pickling_error(model) -> str | None:
+    try:
+        pickle.dumps(model)
+    except AttributeError as error:
+        assert "install_output_capuring_hook" in str(error)
+        return str(error)
+    return None
 
 
 # ----------------------------------------------------------------------------- 9. hidden states and attentions

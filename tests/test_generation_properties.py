@@ -24,6 +24,7 @@ from test_generation_modes import REFUSALS, reference_logits_for
 import reroute
 from reroute import RoutingConfig
 from reroute.backbones import backbone_for
+from reroute.compat import CACHE_KEYWORD
 
 MODELS = {name: family.make_model() for name, family in FAMILIES.items()}
 ASSISTANTS = {name: family.make_model(seed=1) for name, family in FAMILIES.items()}
@@ -99,7 +100,12 @@ def test_generate_modes_are_exact_or_refused(scenario):
             beam = dict(options, num_beams=2, output_logits=False)
             out = model.generate(**inputs, do_sample=False, **beam)
             uncached = model.generate(**inputs, do_sample=False, use_cache=False, **beam)
-            assert torch.equal(out.sequences, uncached.sequences)
+            if not torch.equal(out.sequences, uncached.sequences):
+                # transformers 4.57's own beam search differs with and without a cache on some inputs
+                # (5.x's does not): the routed model may differ only where the stock model does
+                handle.restore()
+                stock = [model.generate(**inputs, do_sample=False, use_cache=c, **beam).sequences for c in (True, False)]
+                assert not torch.equal(*stock), "routed beam search differs with and without a cache; stock does not"
             return
         elif mode == "assisted":
             out = model.generate(**inputs, do_sample=False, assistant_model=ASSISTANTS[family], **options)
@@ -113,7 +119,7 @@ def test_generate_modes_are_exact_or_refused(scenario):
             if "mm_token_type_ids" in inputs:
                 extra = torch.zeros(1, more.shape[1] - inputs["input_ids"].shape[1], dtype=torch.long)
                 follow_up["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], extra], dim=1)
-            out = model.generate(**follow_up, do_sample=False, cache=first.past_key_values, **options)
+            out = model.generate(**follow_up, do_sample=False, **{CACHE_KEYWORD: first.past_key_values}, **options)
             given_text = torch.cat([first.sequences[0, inputs["input_ids"].shape[1] :], added])
             _assert_logits_match_reference(model, config, family, prompts, inputs, out, given_text)
             return

@@ -25,6 +25,7 @@ from reroute.backbones import backbone_for
 from reroute.budget import avg_t
 from reroute.model_shapes import build_llava, llava_config, llava_1_5_7b, qwen2_5_vl_7b
 from reroute.nuwa import NuwaParams, NuwaRatios, nuwa_llava_stage1, nuwa_qwen_stage1, place_stage1
+from reroute.compat import CACHE_KEYWORD, output_cache
 
 ATOL = 2e-5
 GRID = 36  # LLaVA test images: 48 px, 8 px patches -> 6 x 6 tokens
@@ -156,12 +157,12 @@ def test_counts_per_layer_and_cache(family, name):
     assert trace[0].num_visual == kept
     assert trace[0].visual_per_layer == (kept,) * first + (k,) * (6 - first)
     num_text = inputs["input_ids"].shape[1] - per_image
-    lengths = [layer.keys.shape[-2] for layer in out.cache.layers]
+    lengths = [layer.keys.shape[-2] for layer in output_cache(out).layers]
     assert lengths == [num_text + v for v in trace[0].visual_per_layer] == list(trace.cache_lengths)
     # and the cost report predicts those counts and the cache bytes
     report = reroute.cost(config, model, num_visual=per_image, num_text=num_text)
     assert report.visual_per_layer == trace[0].visual_per_layer
-    measured = sum(t.numel() * t.element_size() for layer in out.cache.layers for t in (layer.keys, layer.values))
+    measured = sum(t.numel() * t.element_size() for layer in output_cache(out).layers for t in (layer.keys, layer.values))
     assert measured == report.kv_cache_bytes
     assert report.vision_stage_flops > 0
 
@@ -327,12 +328,12 @@ def test_manual_decode_without_positions_continues_from_the_full_prompt(family):
     with reroute.apply(model, config) as handle:
         expected = model.generate(**inputs, max_new_tokens=5, do_sample=False)[0, -5:]
         out = model(**inputs, use_cache=True)
-        cache, mask = out.cache, inputs["attention_mask"]
+        cache, mask = output_cache(out), inputs["attention_mask"]
         assert cache.get_seq_length() < inputs["input_ids"].shape[1]  # layer 0 holds only what entered
         tokens = [int(out.logits[0, -1].argmax())]
         for _ in range(4):
             mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
-            step = model(input_ids=torch.tensor([[tokens[-1]]]), attention_mask=mask, cache=cache, use_cache=True)
+            step = model(input_ids=torch.tensor([[tokens[-1]]]), attention_mask=mask, **{CACHE_KEYWORD: cache}, use_cache=True)
             tokens.append(int(step.logits[0, -1].argmax()))
         assert handle.trace is not None
     assert tokens == expected.tolist()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from models import FAMILIES, qwen_batch, qwen_prompt
+from reference import merged_rotary
 
 import reroute
 from reroute import RoutingConfig
@@ -16,7 +17,8 @@ def _capture_rotary(model, layer_index, run):
     layer = model.model.language_model.layers[layer_index]
 
     def hook(module, args, kwargs):
-        seen.append(kwargs["position_embeddings"][0].expand(1, -1, -1)[0].clone())
+        cos = merged_rotary(model.config.get_text_config(), kwargs["position_embeddings"][0])
+        seen.append(cos.expand(1, -1, -1)[0].clone())
 
     handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
     try:

@@ -11,6 +11,7 @@ from models import FAMILIES
 
 import reroute
 from reroute import RoutingConfig
+from reroute.compat import output_cache
 
 MODELS = {name: family.make_model() for name, family in FAMILIES.items()}
 
@@ -50,7 +51,7 @@ def test_routed_batch_matches_reference_and_invariants(scenario):
         real = torch.nonzero(mask[b]).flatten()
         torch.testing.assert_close(out.logits[b, real], ref, atol=3e-5, rtol=0)
     # each layer's cache holds that layer's active set (the batch's longest one)
-    assert [layer.keys.shape[-2] for layer in out.cache.layers] == list(trace.cache_lengths)
+    assert [layer.keys.shape[-2] for layer in output_cache(out).layers] == list(trace.cache_lengths)
     assert list(trace.cache_lengths) == [max(s.tokens_per_layer[i] for s in trace) for i in range(6)]
     for sample in trace:
         counts = config.keep_counts(sample.num_visual)

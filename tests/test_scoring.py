@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from models import FAMILIES
-from reference import reference_scores
+from reference import merged_rotary, reference_scores
 
 from reroute.backbones import backbone_for
 from reroute.scoring import last_token_attention, select_top_k
@@ -24,7 +24,7 @@ def test_one_row_scores_equal_full_matrix(family):
     positions = torch.arange(length)[None].expand(batch, -1)
     if backbone.positions(None, hidden, 0).rope.ndim == 3:  # M-RoPE: distinct temporal/height/width rows
         positions = torch.stack([positions, positions // 2, positions % 5])
-    cos, sin = backbone.rotary(text_model)(hidden, positions)
+    cos, sin = (merged_rotary(text_model.config, t) for t in backbone.rotary(text_model)(hidden, positions))
     key_valid = torch.rand(batch, length, generator=g) > 0.3
     query_index = torch.tensor([22, 15, 9])
     key_valid[torch.arange(batch), query_index] = True

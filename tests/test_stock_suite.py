@@ -23,6 +23,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 import reroute
 from reroute import RoutingConfig
 from reroute.backbones import backbone_for
+from reroute.compat import CACHE_KEYWORD
 
 KEEP_ALL = RoutingConfig("reroute", (1,), (1.0,))
 NUM_IMAGE_TOKENS = 16  # (8 px / 2 px patches)^2, CLS dropped
@@ -265,7 +266,7 @@ def test_generate_continue_from_past_key_values(pair):
             if "mm_token_type_ids" in inputs:
                 grown = ids.shape[1] - inputs["input_ids"].shape[1]
                 more["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros(3, grown, dtype=torch.long)], 1)
-            again = model.generate(**more, cache=first.past_key_values, **options)
+            again = model.generate(**more, **{CACHE_KEYWORD: first.past_key_values}, **options)
         outs.append(again.sequences)
     assert torch.equal(outs[0], outs[1])
 

@@ -27,10 +27,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import DynamicCache
-from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from reroute import outputs
+from reroute import compat, outputs
 from reroute.backbones import Backbone, backbone_for
 from reroute.backbones.base import Positions
 from reroute.backbones.refused import decoder_refusal
@@ -190,19 +188,21 @@ class RoutingHandle:
         use_cache: bool | None = None,
         **kwargs,
     ):
+        cache = kwargs.pop("past_key_values", cache)  # the decoder's cache keyword before transformers 5.24
         call = _CURRENT_CALL.get()
         if call is None:  # the decoder was called on its own, not through the VLM: nothing to route
             return original(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                cache=cache,
                 inputs_embeds=inputs_embeds,
                 use_cache=use_cache,
+                **{self.decoder.compat.cache_keyword: cache},
                 **kwargs,
             )
-        cache = kwargs.pop("past_key_values", cache)
         kwargs.pop("return_dict", None)
+        for name in compat.STOCK_ONLY_KWARGS:  # recomputed by the routed loop
+            kwargs.pop(name, None)
         wanted = self._wanted_outputs(kwargs)
         if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2):
             raise ValueError("reroute needs the 2-D padding attention_mask (batch, length) that processors return")
@@ -266,9 +266,7 @@ class RoutingHandle:
             layouts = self._layer_layouts[cache]()
             rows = outputs.decode_attentions(record, layouts, state.prompt_length, past, embeds.shape[1])
             attentions = tuple(rows)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden, cache=cache, hidden_states=hidden_states, attentions=attentions
-        )
+        return compat.decoder_output(hidden, cache, hidden_states=hidden_states, attentions=attentions)
 
     def _prefill(self, call: _Call, embeds, attention_mask, positions, cache, use_cache, wanted: _Wanted, kwargs):
         """A routed prefill of the prompt, then (inside generate) any tokens after it as decode steps."""
@@ -281,7 +279,7 @@ class RoutingHandle:
             prompt_length = generating.prompt_length
         split = prompt_length < length
         if (use_cache and cache is None) or split:
-            work_cache = cache if cache is not None else DynamicCache(config=self.text_model.config)
+            work_cache = cache if cache is not None else compat.new_cache(self.text_model.config)
         else:
             work_cache = cache
         visual = call.visual
@@ -333,10 +331,11 @@ class RoutingHandle:
         self.trace = trace
         if use_cache:
             self._decode_states[work_cache] = state
+            compat.crop_per_layer(work_cache, functools.partial(state.past_length, work_cache))
             self._layer_layouts[work_cache] = layouts
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden,
-            cache=work_cache if use_cache else None,
+        return compat.decoder_output(
+            hidden,
+            work_cache if use_cache else None,
             hidden_states=None if hidden_states is None else outputs.select_hidden_states(hidden_states, wanted.hidden),
             attentions=None if attentions is None else tuple(attentions),
         )
@@ -378,6 +377,9 @@ def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone
     if (refused := decoder_refusal(text_model.config)) is not None:
         raise ValueError(refused)
     if config.vision_stage is not None:
+        refusal = compat.vision_stage_refusal(config.vision_stage)
+        if refusal is not None:
+            raise ValueError(refusal)
         get_vision_stage(config.vision_stage).check_model(model)
     if Patch.installed(model, "generate") is not None or Patch.installed(text_model, "forward") is not None:
         raise ValueError("this model is already routed; call handle.restore() first")
@@ -396,6 +398,7 @@ def apply(model: nn.Module, config: RoutingConfig, *, record_scores: bool = Fals
     with ``handle.restore()`` or use the handle as a context manager. ``record_scores=True``
     also keeps every decision's candidate scores in ``handle.trace`` (for `reroute.viz`).
     """
+    compat.check_release()
     if not isinstance(config, RoutingConfig):
         raise TypeError(f"config must be a reroute.RoutingConfig, got {type(config).__name__}")
     backbone = backbone_for(model)

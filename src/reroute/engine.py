@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.masking_utils import create_causal_mask
-
-from reroute.backbones.base import Backbone, LayerInjections, Positions, layer_cache_keyword
+from reroute.backbones.base import Backbone, LayerInjections, Positions
+from reroute.compat import Compat
 from reroute.config import RoutingConfig
 from reroute.layout import Layout, with_trash_row
 from reroute.masks import compact_decode_mask, compact_prefill_mask
@@ -91,28 +90,15 @@ class RoutedDecoder:
         self.layers = backbone.layers(text_model)
         self.norm = backbone.final_norm(text_model)
         self.rotary = backbone.rotary(text_model)
-        self.cache_keyword = layer_cache_keyword(self.layers[0])
+        # how this model's decoder is driven on the installed transformers (decided once, here)
+        self.compat = Compat.for_model(self.layers[0], self.text_config)
 
     # ------------------------------------------------------------------ helpers
     def _run_layer(self, layer, hidden, mask, position_embeddings, position_ids, cache, use_cache, kwargs):
-        return layer(
-            hidden,
-            attention_mask=mask,
-            position_embeddings=position_embeddings,
-            position_ids=position_ids,
-            use_cache=use_cache,
-            **{self.cache_keyword: cache},
-            **kwargs,
-        )
+        return self.compat.run_layer(layer, hidden, mask, position_embeddings, position_ids, cache, use_cache, kwargs)
 
     def _stock_mask(self, hidden, attention_mask, cache, positions: Positions):
-        return create_causal_mask(
-            config=self.text_config,
-            inputs_embeds=hidden,
-            attention_mask=attention_mask,
-            cache=cache,
-            position_ids=positions.text,
-        )
+        return self.compat.causal_mask(self.text_config, hidden, attention_mask, cache, positions.text)
 
     # ------------------------------------------------------------------ prefill
     def prefill(
@@ -242,7 +228,7 @@ class RoutedDecoder:
             torch.tensor([self.config.keep_counts(n)[s] if n else 0 for n in num_visual], device=hidden.device)
             for s in range(self.config.num_decisions)
         )
-        cos, sin = self.rotary(hidden, positions.rope)
+        cos, sin = self.compat.rotary_tables(self.rotary, hidden, positions.rope)
         cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)  # positions may be shared (1, L)
         return _Prompt(
             length=length,
@@ -344,7 +330,7 @@ class RoutedDecoder:
                 f"cover {past + num_new}; pass the full-length attention mask, as generate() does"
             )
         decoded_valid = attention_mask[:, state.prompt_length :].bool()
-        position_embeddings = self.rotary(hidden, positions.rope)
+        position_embeddings = self.compat.rotary_tables(self.rotary, hidden, positions.rope)
         # layers whose cache holds the whole prompt take the stock mask (none after a vision stage)
         stock_mask = self._stock_mask(hidden, attention_mask, cache, positions) if -1 in state.layer_stage else None
         implementation = self.text_config._attn_implementation

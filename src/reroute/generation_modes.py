@@ -19,9 +19,8 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
-from transformers.generation.configuration_utils import GenerationMode
+
+from reroute.compat import GenerationMode, is_plain_dynamic_cache
 
 RESTORE = "or call handle.restore() first"
 
@@ -52,7 +51,7 @@ def check_cache(cache) -> None:
     """Refuse a cache the routed decoder cannot fill: per-layer lengths differ, only plain dynamic layers allow it."""
     if cache is None or isinstance(cache, tuple):
         return  # tuples are refused by transformers itself
-    plain = type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
+    plain = is_plain_dynamic_cache(cache)
     if not plain or getattr(cache, "offloading", False):
         kind = type(cache).__name__ + (" with offloading" if getattr(cache, "offloading", False) else "")
         raise ValueError(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from reroute.compat import layer_output
 from reroute.layout import Layout, with_trash_row
 
 
@@ -38,7 +39,7 @@ def recording(layers: nn.ModuleList, hidden: bool, attentions: bool):
     record = Recorded()
     handles = []
     if hidden:
-        handles += [layer.register_forward_hook(lambda m, a, out: record.hidden.append(out)) for layer in layers]
+        handles += [layer.register_forward_hook(lambda m, a, out: record.hidden.append(layer_output(out))) for layer in layers]
     if attentions:  # the attention module returns (output, weights); weights are None outside eager
         hook = lambda m, a, out: record.attentions.append(out[1])  # noqa: E731
         handles += [layer.self_attn.register_forward_hook(hook) for layer in layers]

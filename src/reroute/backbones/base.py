@@ -8,7 +8,6 @@ docs/adding-a-backbone.md.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -113,9 +112,3 @@ class Backbone:
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_length
             position_ids = position_ids.unsqueeze(0)
         return Positions(rope=position_ids, text=position_ids)
-
-
-def layer_cache_keyword(layer: nn.Module) -> str:
-    """transformers renamed the decoder layers' ``past_key_values`` to ``cache`` (5.24); pass what it takes."""
-    params = inspect.signature(layer.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
 from reroute.backbones.base import Backbone
+from reroute.compat import apply_rotary_pos_emb
 
 
 class LlavaBackbone(Backbone):

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import torch
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
 from reroute.backbones.base import Backbone, Positions
+from reroute.compat import apply_rotary_pos_emb
 
 
 class Qwen2VLBackbone(Backbone):
     model_classes = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
-    # Since transformers 5.23 the M-RoPE sections are merged inside the rotary module, so
-    # cos/sin are (B, L, head_dim) and the plain rotation applies.
+    # The engine's tables are (B, L, head_dim) with the M-RoPE sections merged (by the rotary
+    # module since transformers 5.23, by reroute.compat before), so the plain rotation applies.
     apply_rotary = staticmethod(apply_rotary_pos_emb)
 
     def visual_token_ids(self, config) -> tuple[int, ...]:

@@ -10,9 +10,9 @@ loop adds them (docs/semantics.md, "Qwen3-VL DeepStack").
 from __future__ import annotations
 
 import torch
-from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
 
 from reroute.backbones.base import Backbone, LayerInjections, Positions
+from reroute.compat import apply_rotary_pos_emb
 
 
 class Qwen3VLBackbone(Backbone):

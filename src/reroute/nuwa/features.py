@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
-from transformers.vision_utils import get_vision_window_index
+
+from reroute.compat import apply_rotary_pos_emb_vision, vision_window_index
 
 #: queries per chunk when summing attention columns (memory: heads x chunk x L floats; 16 x 256 x 16k = 256 MiB)
 QUERY_CHUNK = 256
@@ -198,9 +198,7 @@ def qwen_vision_features(
         for hook in hooks:
             hook.remove()
 
-    window_index, _ = get_vision_window_index(
-        image_grid_thw, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size, patch_size=visual.patch_size
-    )
+    window_index = vision_window_index(visual, image_grid_thw)
     raster = torch.argsort(window_index.to(merged.device))  # raster position r sits at window position raster[r]
     unit = visual.spatial_merge_unit
     mean_state = (summed[0] / len(similarity_blocks)).to(merged.dtype)
