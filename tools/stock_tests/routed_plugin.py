@@ -5,7 +5,8 @@ each LlavaForConditionalGeneration / Qwen2_5_VLForConditionalGeneration /
 Qwen2VLForConditionalGeneration is routed right after its ``__init__`` with a decision at layer 1
 keeping every visual token, so the test then exercises the routed path on the same weights. With
 the variable unset the plugin does nothing, which gives the stock run of the same command.
-Models whose text decoder has fewer than 2 layers get their decision at layer 0 instead.
+A decoder with a single layer has no valid decision layer; reroute refuses it at `apply` (the three
+testers have 2 decoder layers, and no test of their files builds fewer).
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ ROUTED_CLASSES = (
 )
 
 
-def _decision_layer(model) -> int:
-    text_config = model.config.get_text_config()
-    return 1 if text_config.num_hidden_layers >= 2 else 0
+KEEP_ALL = ("reroute", (1,), (1.0,))  # RoutingConfig arguments: decide at layer 1, keep every token
 
 
 def _route_after_init(init):
@@ -36,7 +35,7 @@ def _route_after_init(init):
         if type(self).__name__ in ROUTED_CLASSES:
             import reroute
 
-            config = reroute.RoutingConfig("reroute", (_decision_layer(self),), (1.0,))
+            config = reroute.RoutingConfig(*KEEP_ALL)
             # The handle must outlive this call; the model keeps it (not a Module, so no state_dict entry).
             self.__dict__["_reroute_stock_test_handle"] = reroute.apply(self, config)
 

@@ -1,6 +1,6 @@
 """Run one transformers model-test file stock and routed, and list what passes stock but not routed.
 
-    python tools/stock_tests/run.py TESTS_ROOT tests/models/llava/test_modeling_llava.py [--out DIR] [-- PYTEST_ARGS]
+    python tools/stock_tests/run.py TESTS_ROOT tests/models/llava/test_modeling_llava.py [--out DIR] [PYTEST_ARGS...]
 
 TESTS_ROOT is the folder holding transformers' ``tests/`` package (a v5.24.0 checkout, or a
 reconstruction of the files the test file imports). Each run writes a junit xml to DIR; the
@@ -30,7 +30,7 @@ def run_pytest(tests_root: Path, test_file: str, junit: Path, routed: bool, extr
     env["REROUTE_ROUTE_STOCK_TESTS"] = "1" if routed else "0"
     command = [
         sys.executable, "-m", "pytest", test_file, "-p", "routed_plugin", "-p", "no:cacheprovider",
-        "-q", "-rA", "-W", "ignore", f"--junitxml={junit}", f"--rootdir={tests_root}", *extra,
+        "-q", "-rA", f"--junitxml={junit}", f"--rootdir={tests_root}", *extra,
     ]  # fmt: skip
     subprocess.run(command, cwd=tests_root, env=env, check=False)
 
@@ -63,14 +63,14 @@ def main() -> None:
     parser.add_argument("test_file")
     parser.add_argument("--out", type=Path, default=Path("stock_test_results"))
     parser.add_argument("--compare-only", action="store_true", help="reuse the junit files in --out")
-    parser.add_argument("pytest_args", nargs="*")
-    args = parser.parse_args()
+    args, pytest_args = parser.parse_known_args()
+    pytest_args = [a for a in pytest_args if a != "--"]
     args.out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.test_file).stem
     junits = {mode: (args.out / f"{stem}.{mode}.xml").resolve() for mode in ("stock", "routed")}
     if not args.compare_only:
         for mode, junit in junits.items():
-            run_pytest(args.tests_root.resolve(), args.test_file, junit, mode == "routed", args.pytest_args)
+            run_pytest(args.tests_root.resolve(), args.test_file, junit, mode == "routed", pytest_args)
     stock, routed = outcomes(junits["stock"]), outcomes(junits["routed"])
     print(f"stock:  {counts(stock)}")
     print(f"routed: {counts(routed)}")
