@@ -18,15 +18,19 @@ class Qwen2VLBackbone(Backbone):
         # images and video frames form one candidate pool (SPEC §1)
         return (config.image_token_id, config.video_token_id)
 
+    #: rows of positions the stock text model derives when none are given (Qwen3-VL: 4)
+    derived_position_rows = 3
+
     def positions(self, position_ids: torch.Tensor | None, inputs_embeds: torch.Tensor, past_length: int) -> Positions:
         # Mirrors Qwen2_5_VLTextModel.forward: (temporal, height, width) rows, with an
         # optional leading row of text positions used only for the mask.
         batch, length = inputs_embeds.shape[:2]
+        rows = self.derived_position_rows
         if position_ids is None:
             position_ids = torch.arange(length, device=inputs_embeds.device) + past_length
-            position_ids = position_ids.view(1, 1, -1).expand(3, batch, -1)
+            position_ids = position_ids.view(1, 1, -1).expand(rows, batch, -1)
         elif position_ids.ndim == 2:
-            position_ids = position_ids[None, ...].expand(3, position_ids.shape[0], -1)
+            position_ids = position_ids[None, ...].expand(rows, position_ids.shape[0], -1)
         if position_ids.ndim == 3 and position_ids.shape[0] == 4:
             return Positions(rope=position_ids[1:], text=position_ids[0])
         return Positions(rope=position_ids, text=None)

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import torch
 
-from reroute.backbones.base import Backbone, LayerInjections, Positions
+from reroute.backbones.base import LayerInjections
+from reroute.backbones.qwen2_vl import Qwen2VLBackbone
 from reroute.compat import apply_rotary_pos_emb
 
 
-class Qwen3VLBackbone(Backbone):
+class Qwen3VLBackbone(Qwen2VLBackbone):
+    """Qwen2-VL's layout (image and video placeholders, 3-D positions) plus DeepStack."""
+
     model_classes = ("Qwen3VLForConditionalGeneration",)
     # The interleaved M-RoPE is composed inside the model's rotary module: cos/sin come out
     # (B, L, head_dim) and the plain rotation applies.
     apply_rotary = staticmethod(apply_rotary_pos_emb)
-
-    def visual_token_ids(self, config) -> tuple[int, ...]:
-        return (config.image_token_id, config.video_token_id)
+    # Qwen3VLTextModel.forward derives 4 rows (text, temporal, height, width) when given none.
+    derived_position_rows = 4
 
     def pop_injections(self, kwargs: dict, inputs_embeds: torch.Tensor) -> LayerInjections | None:
         visual = kwargs.pop("visual_pos_masks", None)
@@ -37,15 +39,3 @@ class Qwen3VLBackbone(Backbone):
             full[visual] = feature.to(inputs_embeds.device, inputs_embeds.dtype)
             after_layer.append(full)
         return LayerInjections(visual=visual, after_layer=tuple(after_layer))
-
-    def positions(self, position_ids: torch.Tensor | None, inputs_embeds: torch.Tensor, past_length: int) -> Positions:
-        # Mirrors Qwen3VLTextModel.forward: 4 rows (text, temporal, height, width) when derived here.
-        batch, length = inputs_embeds.shape[:2]
-        if position_ids is None:
-            position_ids = torch.arange(length, device=inputs_embeds.device) + past_length
-            position_ids = position_ids.view(1, 1, -1).expand(4, batch, -1)
-        elif position_ids.ndim == 2:
-            position_ids = position_ids[None, ...].expand(4, position_ids.shape[0], -1)
-        if position_ids.ndim == 3 and position_ids.shape[0] == 4:
-            return Positions(rope=position_ids[1:], text=position_ids[0])
-        return Positions(rope=position_ids, text=None)
