@@ -138,3 +138,17 @@ def test_description_targets_name_the_expression_attributes():
             assert label == expected(expr["desc"]) + anchor, s.question
             checked += 1
     assert checked > len(samples) // 2
+
+
+def test_a_trained_models_processor_carries_the_demo_chat_template(tmp_path):
+    # train-demo-model saves build_processor(); without the template, apply_chat_template (lmms-eval,
+    # reroute show) would fail on a retrained model that the bundled one answers.
+    modeling.build_processor().save_pretrained(tmp_path)
+    from transformers import AutoProcessor
+
+    saved = AutoProcessor.from_pretrained(tmp_path)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there a red circle?"}]}]
+    assert saved.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == modeling.format_prompt(
+        "Is there a red circle?"
+    )
+    assert saved.chat_template == AutoProcessor.from_pretrained(modeling.MODEL_DIR).chat_template

@@ -115,11 +115,18 @@ def build_image_processor():
     )
 
 
+#: The demo's prompt format as a chat template, so ``apply_chat_template`` (lmms-eval, ``reroute
+#: show``) builds the same prompts as the demo; every processor built here carries it, so a model
+#: saved by ``train-demo-model`` is as complete as the bundled one.
+CHAT_TEMPLATE_FILE = MODEL_DIR / "chat_template.jinja"
+
+
 def build_processor():
     """``LlavaProcessor``: expands ``<image>`` to ``NUM_IMAGE_TOKENS`` placeholders, makes ``pixel_values``."""
     from transformers import LlavaProcessor
 
     return LlavaProcessor(
+        chat_template=CHAT_TEMPLATE_FILE.read_text(),
         image_processor=build_image_processor(),
         tokenizer=build_tokenizer(),
         patch_size=PATCH_SIZE,
