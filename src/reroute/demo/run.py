@@ -173,7 +173,8 @@ def run_demo(
     if output is not None:
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
-        meta = {"num_samples": len(samples), "num_visual": num_visual, "num_text": num_text,
+        model_name = "bundled demo model" if model_dir is None or Path(model_dir) == modeling.MODEL_DIR else str(model_dir)
+        meta = {"model": model_name, "num_samples": len(samples), "num_visual": num_visual, "num_text": num_text,
                 "num_layers": model.config.text_config.num_hidden_layers, "summary": summarize(runs[("vanilla", None)])}
         (out / "results.json").write_text(json.dumps({"meta": meta, "rows": [_row_dict(r) for r in rows]}, indent=2))
         (out / "results.md").write_text(format_table(rows) + "\n")
