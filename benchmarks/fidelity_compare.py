@@ -6,7 +6,7 @@ one trained without it), but it reads any two runs of the same commands:
 
     python benchmarks/fidelity_compare.py \\
         --model bundled outputs/demo/results.json docs/analysis/bundled.json \\
-        --model no-attn docs/fidelity/no_attn/results.json docs/fidelity/no_attn_tier64.json
+        --model no-attn docs/fidelity/no_attn/results.json docs/analysis/no_attn.json
 
 Each `--model` is a label, its `reroute demo` results.json, then any `reroute analyze` STEM.json
 files (one per tier). Prints the tables; `--output` also writes them to a file.
