@@ -141,8 +141,8 @@ def test_description_targets_name_the_expression_attributes():
 
 
 def test_a_trained_models_processor_carries_the_demo_chat_template(tmp_path):
-    # train-demo-model saves build_processor(); without the template, apply_chat_template (lmms-eval,
-    # reroute show) would fail on a retrained model that the bundled one answers.
+    # train-demo-model saves build_processor(); without the template, apply_chat_template (the
+    # lmms-eval plugin) fails on a retrained model where the bundled one answers.
     modeling.build_processor().save_pretrained(tmp_path)
     from transformers import AutoProcessor
 
