@@ -283,3 +283,19 @@ def decode_image(value: dict[str, Any] | None, source: Path) -> Image.Image:
 
     _open_image(value, source).close()  # one-line errors for empty cells before datasets sees them
     return datasets.Image().decode_example(value)
+
+
+class HubTask:
+    """What every task reading one `HubDataset` split shares (mixed into the frozen task
+    dataclasses, which declare ``dataset`` and ``split``): the dataset's id and opening its files."""
+
+    dataset: HubDataset
+    split: str
+
+    @property
+    def dataset_id(self) -> str:
+        return self.dataset.dataset_id
+
+    def open_split(self, data_dir: str | Path, config: str = "default") -> ParquetSplit:
+        """The task's split (config ``config``) under ``data_dir``; `MissingSplitError` when absent."""
+        return ParquetSplit(find_split(data_dir, self.dataset, self.split, config), self.dataset_id)

@@ -10,7 +10,7 @@ from typing import Any
 from reroute.eval.metrics.gqa import gqa_metrics, normalize_answer
 from reroute.eval.task import EvalSample, Metric
 from reroute.eval.tasks.common import SHORT_ANSWER_POST_PROMPT, RowImages, check_family, check_limit, check_unique
-from reroute.eval.tasks.files import DatasetFormatError, HubDataset, ParquetSplit, find_split
+from reroute.eval.tasks.files import DatasetFormatError, HubDataset, HubTask
 
 GQA = HubDataset(("GQA",))
 QUESTIONS_CONFIG = "testdev_balanced_instructions"
@@ -18,7 +18,7 @@ IMAGES_CONFIG = "testdev_balanced_images"
 
 
 @dataclass(frozen=True)
-class GqaTask:
+class GqaTask(HubTask):
     """GQA's balanced test-dev questions, answered in a word or phrase and scored by exact match."""
 
     name: str = "gqa"
@@ -28,14 +28,10 @@ class GqaTask:
     #: the metric a summary shows first
     headline: str = "accuracy"
 
-    @property
-    def dataset_id(self) -> str:
-        return self.dataset.dataset_id
-
     def load(self, data_dir: str | Path, limit: int | None = None) -> list[EvalSample]:
         check_limit(limit)
-        questions = ParquetSplit(find_split(data_dir, self.dataset, self.split, QUESTIONS_CONFIG), self.dataset_id)
-        images = ParquetSplit(find_split(data_dir, self.dataset, self.split, IMAGES_CONFIG), self.dataset_id)
+        questions = self.open_split(data_dir, QUESTIONS_CONFIG)
+        images = self.open_split(data_dir, IMAGES_CONFIG)
         rows = questions.columns(["id", "imageId", "question", "answer"])
         image_row = {image_id: row for row, image_id in enumerate(images.columns(["id"])["id"])}
         samples = []

@@ -16,7 +16,7 @@ from typing import Any
 from reroute.eval.metrics.mmbench import LETTERS, circular_group, extract_choice, mmbench_metrics
 from reroute.eval.task import EvalSample, Metric
 from reroute.eval.tasks.common import RowImages, check_family, check_limit, check_unique
-from reroute.eval.tasks.files import HubDataset, ParquetSplit, find_split
+from reroute.eval.tasks.files import HubDataset, HubTask
 
 MMBENCH = HubDataset(("MMBench",))
 CONFIG = "en"
@@ -32,7 +32,7 @@ def _present(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class MmbenchTask:
+class MmbenchTask(HubTask):
     """MMBench-EN dev: every row (rotated copies included) is a sample; groups are scored circularly."""
 
     name: str = "mmbench_en_dev"
@@ -42,13 +42,9 @@ class MmbenchTask:
     #: the metric a summary shows first
     headline: str = "circular_accuracy"
 
-    @property
-    def dataset_id(self) -> str:
-        return self.dataset.dataset_id
-
     def load(self, data_dir: str | Path, limit: int | None = None) -> list[EvalSample]:
         check_limit(limit)
-        table = ParquetSplit(find_split(data_dir, self.dataset, self.split, CONFIG), self.dataset_id)
+        table = self.open_split(data_dir, CONFIG)
         names = ["index", "question", "hint", "answer", "category", *(c for c in "ABCD")]
         optional = [c for c in ("E", "L2-category", "l2-category") if c in table.column_names()]
         rows = table.columns(names + optional)

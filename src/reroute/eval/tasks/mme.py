@@ -10,7 +10,7 @@ from typing import Any
 from reroute.eval.metrics.mme import mme_label, mme_metrics
 from reroute.eval.task import EvalSample, Metric
 from reroute.eval.tasks.common import SHORT_ANSWER_POST_PROMPT, RowImages, check_family, check_limit, check_unique
-from reroute.eval.tasks.files import HubDataset, ParquetSplit, find_split
+from reroute.eval.tasks.files import HubDataset, HubTask
 
 MME = HubDataset(("MME",))
 #: MME's own answer instruction, replaced by the short-answer post-prompt (as lmms-eval does)
@@ -18,7 +18,7 @@ MME_INSTRUCTION = " Please answer yes or no."
 
 
 @dataclass(frozen=True)
-class MmeTask:
+class MmeTask(HubTask):
     """MME perception (10 categories) and cognition (4), scored by acc + acc+ per category."""
 
     name: str = "mme"
@@ -28,13 +28,9 @@ class MmeTask:
     #: the metric a summary shows first
     headline: str = "perception"
 
-    @property
-    def dataset_id(self) -> str:
-        return self.dataset.dataset_id
-
     def load(self, data_dir: str | Path, limit: int | None = None) -> list[EvalSample]:
         check_limit(limit)
-        table = ParquetSplit(find_split(data_dir, self.dataset, self.split), self.dataset_id)
+        table = self.open_split(data_dir)
         rows = table.columns(["question_id", "question", "answer", "category"])
         seen: dict[tuple[str, str], int] = {}
         samples = []

@@ -10,13 +10,13 @@ from typing import Any
 from reroute.eval.metrics.pope import pope_metrics, yes_no_label
 from reroute.eval.task import EvalSample, Metric
 from reroute.eval.tasks.common import SHORT_ANSWER_POST_PROMPT, RowImages, check_family, check_limit, check_unique
-from reroute.eval.tasks.files import HubDataset, ParquetSplit, find_split
+from reroute.eval.tasks.files import HubDataset, HubTask
 
 POPE = HubDataset(("POPE",))
 
 
 @dataclass(frozen=True)
-class PopeTask:
+class PopeTask(HubTask):
     """Every POPE question the files hold (9,000 in lmms-lab/POPE); metrics pooled and per category."""
 
     name: str = "pope"
@@ -26,13 +26,9 @@ class PopeTask:
     #: the metric a summary shows first
     headline: str = "f1"
 
-    @property
-    def dataset_id(self) -> str:
-        return self.dataset.dataset_id
-
     def load(self, data_dir: str | Path, limit: int | None = None) -> list[EvalSample]:
         check_limit(limit)
-        table = ParquetSplit(find_split(data_dir, self.dataset, self.split), self.dataset_id)
+        table = self.open_split(data_dir)
         rows = table.columns(["question_id", "question", "answer", "category", "image_source"])
         samples = []
         for row in range(len(table) if limit is None else min(limit, len(table))):

@@ -17,7 +17,7 @@ from reroute.demo.synthetic import GROUNDING_PREFIX
 from reroute.eval.metrics.rec import is_pixel_box, normalize_box, parse_box, rec_metrics, xywh_to_xyxy_normalized
 from reroute.eval.task import EvalSample, Metric
 from reroute.eval.tasks.common import RowImages, check_family, check_limit, check_unique
-from reroute.eval.tasks.files import HubDataset, ParquetSplit, find_split
+from reroute.eval.tasks.files import HubDataset, HubTask
 
 #: LLaVA-1.5's RefCOCO prompt (lmms-eval's ``refcoco_bbox_rec``); the expression follows it
 LLAVA_PROMPT = (
@@ -34,7 +34,7 @@ REFCOCOG = HubDataset(("RefCOCOg",))
 
 
 @dataclass(frozen=True)
-class RecTask:
+class RecTask(HubTask):
     """One split of a RefCOCO-family dataset."""
 
     name: str
@@ -44,13 +44,9 @@ class RecTask:
     #: the metric a summary shows first
     headline: str = "acc@0.5"
 
-    @property
-    def dataset_id(self) -> str:
-        return self.dataset.dataset_id
-
     def load(self, data_dir: str | Path, limit: int | None = None) -> list[EvalSample]:
         check_limit(limit)
-        table = ParquetSplit(find_split(data_dir, self.dataset, self.split), self.dataset_id)
+        table = self.open_split(data_dir)
         rows = table.columns(["question_id", "answer", "bbox"])
         samples: list[EvalSample] = []
         for row, (question_id, expressions, bbox) in enumerate(zip(rows["question_id"], rows["answer"], rows["bbox"])):
