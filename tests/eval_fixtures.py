@@ -127,6 +127,11 @@ def image_value(image: Image.Image, path: str) -> dict[str, Any]:
     return {"bytes": buffer.getvalue(), "path": path}
 
 
+def with_images_decoded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The written rows as a test compares them: each ``image`` value decoded back to a PIL image."""
+    return [dict(r, image=Image.open(io.BytesIO(r["image"]["bytes"]))) for r in rows]
+
+
 # ----------------------------------------------------------------------------- RefCOCO / RefCOCO+ / RefCOCOg
 
 REFCOCO_FEATURES = datasets.Features(
@@ -178,7 +183,7 @@ def write_refcoco_rows(
             }
         )
     write_split(data_dir, name, "data", split, written, REFCOCO_FEATURES, layout, org, n_shards)
-    return [dict(r, image=Image.open(io.BytesIO(r["image"]["bytes"]))) for r in written]
+    return with_images_decoded(written)
 
 
 def write_refcoco(
@@ -257,7 +262,7 @@ def write_pope(
                 }
             )
     write_split(data_dir, name, "data", "test", rows, POPE_FEATURES, layout, org, n_shards)
-    return [dict(r, image=Image.open(io.BytesIO(r["image"]["bytes"]))) for r in rows]
+    return with_images_decoded(rows)
 
 
 # ----------------------------------------------------------------------------- GQA
@@ -353,7 +358,7 @@ def write_mme(
                     }
                 )
     write_split(data_dir, name, "data", "test", rows, MME_FEATURES, layout, org, n_shards)
-    return [dict(r, image=Image.open(io.BytesIO(r["image"]["bytes"]))) for r in rows]
+    return with_images_decoded(rows)
 
 
 # ----------------------------------------------------------------------------- MMBench
@@ -414,4 +419,4 @@ def write_mmbench(
                 }
             )
     write_split(data_dir, name, "en", "dev", rows, MMBENCH_FEATURES, layout, org)
-    return [dict(r, image=Image.open(io.BytesIO(r["image"]["bytes"]))) for r in rows]
+    return with_images_decoded(rows)
