@@ -54,14 +54,9 @@ class Action:
 ACTIONS: Registry[Action] = Registry("action", "action")
 
 
-def register_action(cls: type[Action]) -> type[Action]:
-    """Class decorator: register one instance of ``cls`` under ``cls.name`` (duplicates refused)."""
-    ACTIONS.register(cls())
-    return cls
-
-
-def get_action(name: str) -> Action:
-    return ACTIONS.get(name)
+#: class decorator: registers one instance under ``cls.name`` (duplicates refused)
+register_action = ACTIONS.register_class
+get_action = ACTIONS.get
 
 
 @register_action

@@ -35,6 +35,11 @@ class Registry(Generic[T]):
         self._parts[name] = part
         return part
 
+    def register_class(self, cls: type[T]) -> type[T]:
+        """Class decorator: register one instance of ``cls`` under ``cls.name``; returns ``cls``."""
+        self.register(cls())
+        return cls
+
     def unregister(self, name: str) -> None:
         """Remove a part (for tests that register a temporary one)."""
         if name not in self._parts:

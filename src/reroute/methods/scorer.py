@@ -64,14 +64,9 @@ class Scorer:
 SCORERS: Registry[Scorer] = Registry("scorer", "scorer")
 
 
-def register_scorer(cls: type[Scorer]) -> type[Scorer]:
-    """Class decorator: register one instance of ``cls`` under ``cls.name`` (duplicates refused)."""
-    SCORERS.register(cls())
-    return cls
-
-
-def get_scorer(name: str) -> Scorer:
-    return SCORERS.get(name)
+#: class decorator: registers one instance under ``cls.name`` (duplicates refused)
+register_scorer = SCORERS.register_class
+get_scorer = SCORERS.get
 
 
 @register_scorer

@@ -106,14 +106,9 @@ class VisionStage:
 VISION_STAGES: Registry[VisionStage] = Registry("vision stage", "vision_stage")
 
 
-def register_vision_stage(cls: type[VisionStage]) -> type[VisionStage]:
-    """Class decorator: register one instance of ``cls`` under ``cls.name`` (duplicates refused)."""
-    VISION_STAGES.register(cls())
-    return cls
-
-
-def get_vision_stage(name: str) -> VisionStage:
-    return VISION_STAGES.get(name)
+#: class decorator: registers one instance under ``cls.name`` (duplicates refused)
+register_vision_stage = VISION_STAGES.register_class
+get_vision_stage = VISION_STAGES.get
 
 
 def split_dropped(inputs_embeds: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
