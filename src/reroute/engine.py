@@ -147,10 +147,7 @@ class RoutedDecoder:
             layout = Layout.from_active(prompt.present[:, :length])
             buffer = with_trash_row(hidden)
             h = layout.gather(buffer)
-            key_valid = layout.valid & layout.gather(prompt.pad_valid)
-            mask = compact_prefill_mask(key_valid, self.text_config._attn_implementation, hidden.dtype)
-            position_embeddings = (layout.gather(prompt.cos), layout.gather(prompt.sin))
-            position_ids = None
+            mask, position_embeddings, position_ids, key_valid = self._compact_stage(layout, prompt, hidden.dtype)
             prompt_keys.append(key_valid)
 
         for i, layer in enumerate(self.layers):
@@ -179,10 +176,7 @@ class RoutedDecoder:
                     mask, position_embeddings, position_ids = full_stage
                 else:
                     h = layout.gather(buffer)
-                    key_valid = layout.valid & layout.gather(prompt.pad_valid)
-                    mask = compact_prefill_mask(key_valid, self.text_config._attn_implementation, hidden.dtype)
-                    position_embeddings = (layout.gather(prompt.cos), layout.gather(prompt.sin))
-                    position_ids = None
+                    mask, position_embeddings, position_ids, key_valid = self._compact_stage(layout, prompt, hidden.dtype)
                     prompt_keys.append(key_valid)
             elif per_layer and layout is not None:
                 h = layout.gather(buffer)
@@ -211,6 +205,14 @@ class RoutedDecoder:
         trace = self._trace(prompt, stage_active, selections, layer_stage, prompt_keys, scored)
         state = DecodeState(prompt_length=length, layer_stage=tuple(layer_stage), prompt_keys=tuple(prompt_keys))
         return h, state, trace
+
+    def _compact_stage(self, layout: Layout, prompt: _Prompt, dtype: torch.dtype):
+        """``(mask, position_embeddings, position_ids, key_valid)`` of a stage that runs only
+        ``layout``'s active rows: its keys are the compact rows that are not padding, and each row
+        keeps its prompt position (rotary tables gathered, so no position ids)."""
+        key_valid = layout.valid & layout.gather(prompt.pad_valid)
+        mask = compact_prefill_mask(key_valid, self.text_config._attn_implementation, dtype)
+        return mask, (layout.gather(prompt.cos), layout.gather(prompt.sin)), None, key_valid
 
     def _prompt(self, hidden, attention_mask, positions: Positions, visual, present) -> _Prompt:
         batch, length = hidden.shape[:2]
