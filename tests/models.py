@@ -50,8 +50,8 @@ def llava_prompt(num_images: int, text_before: int = 3, text_after: int = 4, see
     return Prompt(ids=ids, images=torch.randn(num_images, 3, 32, 32, generator=g))
 
 
-def llava_batch(prompts: list[Prompt], padding_side: str = "left") -> dict:
-    """Pad prompts into model inputs, with explicit positions that count only real tokens."""
+def pad_ids(prompts, padding_side: str = "left") -> dict:
+    """``input_ids`` and ``attention_mask`` of prompts (anything with ``.ids``) padded to one length."""
     length = max(len(p.ids) for p in prompts)
     ids = torch.zeros(len(prompts), length, dtype=torch.long)
     mask = torch.zeros(len(prompts), length, dtype=torch.long)
@@ -59,7 +59,12 @@ def llava_batch(prompts: list[Prompt], padding_side: str = "left") -> dict:
         sl = slice(length - len(p.ids), length) if padding_side == "left" else slice(0, len(p.ids))
         ids[b, sl] = torch.tensor(p.ids)
         mask[b, sl] = 1
-    inputs = {"input_ids": ids, "attention_mask": mask}
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def llava_batch(prompts: list[Prompt], padding_side: str = "left") -> dict:
+    """Pad prompts into model inputs, with explicit positions that count only real tokens."""
+    inputs = pad_ids(prompts, padding_side)
     images = torch.cat([p.images for p in prompts])
     if len(images):
         inputs["pixel_values"] = images
@@ -161,16 +166,10 @@ def qwen_prompt(image_grids=((1, 4, 4),), video_grids=(), text_before=3, text_af
 
 
 def qwen_batch(prompts: list[QwenPrompt], padding_side: str = "left") -> dict:
-    length = max(len(p.ids) for p in prompts)
-    ids = torch.zeros(len(prompts), length, dtype=torch.long)
-    mask = torch.zeros(len(prompts), length, dtype=torch.long)
-    for b, p in enumerate(prompts):
-        sl = slice(length - len(p.ids), length) if padding_side == "left" else slice(0, len(p.ids))
-        ids[b, sl] = torch.tensor(p.ids)
-        mask[b, sl] = 1
+    inputs = pad_ids(prompts, padding_side)
+    ids = inputs["input_ids"]
     # what the processor returns beside input_ids: 0 text, 1 image, 2 video (M-RoPE needs it)
     token_type = (ids == QWEN_IMAGE).long() + 2 * (ids == QWEN_VIDEO).long()
-    inputs = {"input_ids": ids, "attention_mask": mask}
     if qwen_takes_token_types():
         inputs["mm_token_type_ids"] = token_type
     image_grids = [g for p in prompts for g in p.image_grids]

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from models import pad_ids
+
 VOCAB = 64
 IMAGE, VIDEO, START, END = 60, 61, 62, 63
 TEXT = dict(
@@ -94,20 +96,9 @@ def anyres_prompt(num_images: int, size: int = 0, seed: int = 0, text_before: in
     return AnyresPrompt(ids, tuple(crops), tuple(sizes))
 
 
-def _pad(prompts, padding_side: str) -> dict:
-    length = max(len(p.ids) for p in prompts)
-    ids = torch.zeros(len(prompts), length, dtype=torch.long)
-    mask = torch.zeros(len(prompts), length, dtype=torch.long)
-    for b, p in enumerate(prompts):
-        sl = slice(length - len(p.ids), length) if padding_side == "left" else slice(0, len(p.ids))
-        ids[b, sl] = torch.tensor(p.ids)
-        mask[b, sl] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def anyres_batch(prompts: list[AnyresPrompt], padding_side: str = "left") -> dict:
     """As the LLaVA-NeXT processor returns: crops padded to the most crops of any image, plus image_sizes."""
-    inputs = _pad(prompts, padding_side)
+    inputs = pad_ids(prompts, padding_side)
     crops = [c for p in prompts for c in p.crops]
     if crops:
         most = max(len(c) for c in crops)
@@ -158,7 +149,7 @@ def internvl_prompt(num_images: int, size: int = 0, seed: int = 0, text_before: 
 
 
 def internvl_batch(prompts: list[TilePrompt], padding_side: str = "left") -> dict:
-    inputs = _pad(prompts, padding_side)
+    inputs = pad_ids(prompts, padding_side)
     tiles = torch.cat([p.tiles for p in prompts])
     if len(tiles):
         inputs["pixel_values"] = tiles
