@@ -7,20 +7,7 @@ import json
 import pytest
 
 from reroute.budget import avg_t
-from reroute.demo import modeling
 from reroute.demo.run import METHODS, PAPER_TIERS, format_table, reroute_vs_remove, run_demo, wilson
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """The bundled model when installed, else a random one of the same architecture (the demo path is the same)."""
-    if (modeling.MODEL_DIR / "config.json").exists():
-        return modeling.MODEL_DIR
-    path = tmp_path_factory.mktemp("demo_model")
-    model, processor = modeling.build_model(seed=0)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
 
 
 def test_demo_smoke_run_writes_a_well_formed_table(model_dir, tmp_path):

@@ -11,18 +11,6 @@ from reroute.demo import modeling, synthetic
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """The bundled model when installed, else a random one of the same architecture."""
-    if (modeling.MODEL_DIR / "config.json").exists():
-        return modeling.MODEL_DIR
-    path = tmp_path_factory.mktemp("demo_model")
-    model, processor = modeling.build_model(seed=0)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def image_file(tmp_path_factory):
     sample = synthetic.make_sample(0, "test", 0, kind="grounding")
     path = tmp_path_factory.mktemp("img") / "scene.png"
