@@ -18,7 +18,9 @@ setup: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/reroute demo
 
+# The layering contract (pyproject.toml, docs/architecture.md) first, then the suite.
 test: $(BIN)/.installed
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # The lmms-eval plugin end to end, in its own environment: lmms-eval without its own dependency
@@ -41,8 +43,8 @@ test-lmms: $(LMMS_BIN)/.installed
 # range (docs/compat.md), each release in its own environment; 5.24 (the newest) is `make test`.
 # Only what the engine's tests import: the eval extras (datasets, accelerate) need a newer hub.
 COMPAT_RELEASES ?= 4.57.6 5.4.0
-COMPAT_TESTS := tests/test_compat.py tests/test_engine.py tests/test_properties.py tests/test_positions.py \
-	tests/test_scoring.py tests/test_errors.py tests/test_generation_modes.py tests/test_generation_properties.py
+COMPAT_TESTS := tests/runtime/test_compat.py tests/runtime/test_engine.py tests/runtime/test_properties.py tests/runtime/test_positions.py \
+	tests/methods/test_scoring.py tests/test_errors.py tests/runtime/test_generation_modes.py tests/runtime/test_generation_properties.py
 
 .venv-tf%/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv-tf$*

@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from eval_demo_data import write_demo_refcoco
+    from tests.helpers.eval_demo_data import write_demo_refcoco
 
     from reroute.commands.eval import routing_config
     from reroute.demo import modeling

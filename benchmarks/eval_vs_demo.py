@@ -15,7 +15,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=25)
     args = parser.parse_args(argv)
 
-    from eval_demo_data import write_demo_refcoco
+    from tests.helpers.eval_demo_data import write_demo_refcoco
 
     from reroute.commands.eval import routing_config
     from reroute.demo import modeling, synthetic

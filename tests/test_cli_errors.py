@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reroute.cli import UserError, main
+from reroute.cli import main
+from reroute.errors import UserError
 
 
 @pytest.mark.parametrize(

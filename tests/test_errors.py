@@ -1,4 +1,4 @@
-"""SPEC §8: `apply` and `RoutingConfig` refuse what they cannot do, with a one-line message naming the fix."""
+"""docs/semantics.md §8: `apply` and `RoutingConfig` refuse what they cannot do, with a one-line message naming the fix."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import re
 
 import pytest
 import torch
-from models import FAMILIES, tiny_llava
+from tests.helpers.models import FAMILIES, tiny_llava
 
 import reroute
 from reroute import RoutingConfig
-from reroute.compat import CACHE_KEYWORD, output_cache
+from reroute.runtime.compat import CACHE_KEYWORD, output_cache
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_prompt_without_visual_tokens_runs_unrouted():
 
 
 def test_continuing_a_routed_cache_with_a_new_image_is_refused():
-    from models import llava_batch, llava_prompt
+    from tests.helpers.models import llava_batch, llava_prompt
 
     model = tiny_llava()
     inputs = llava_batch([llava_prompt(1)])
@@ -132,7 +132,7 @@ def test_continuing_a_routed_cache_with_a_new_image_is_refused():
 
 
 def test_a_cache_filled_without_routing_is_refused():
-    from models import llava_batch, llava_prompt
+    from tests.helpers.models import llava_batch, llava_prompt
 
     model = tiny_llava()
     inputs = llava_batch([llava_prompt(1)])

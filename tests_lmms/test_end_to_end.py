@@ -27,7 +27,7 @@ import pytest
 import reroute
 from reroute.demo import modeling, run
 from reroute.eval.lmms import RoutingArgs, demo_task
-from reroute.patching import Patch
+from reroute.runtime.patching import Patch
 
 MODEL_DIR = str(modeling.MODEL_DIR)
 NUM_SAMPLES = 8
@@ -286,7 +286,7 @@ def test_qwen_routed_run_reports_the_routing(lmms_eval, tiny_qwen_dir):
 
 @needs_qwen_env
 def test_qwen_keep_everything_equals_lmms_evals_own_class(lmms_eval, tiny_qwen_dir):
-    # SPEC: keep ratio 1.0 is vanilla; here through lmms-eval's batched (left-padded) Qwen path
+    # docs/semantics.md: keep ratio 1.0 is vanilla; here through lmms-eval's batched (left-padded) Qwen path
     keep_all = lmms_eval("reroute_qwen2_5_vl", f"pretrained={tiny_qwen_dir},{QWEN_ARGS},decision_layers=[1],keep_ratios=[1]", *QWEN_FLAGS)
     stock = lmms_eval("qwen2_5_vl", f"pretrained={tiny_qwen_dir},{QWEN_ARGS}", *QWEN_FLAGS)
     assert keep_all.responses == stock.responses

@@ -1,8 +1,8 @@
 """`reroute.apply(model, config)`: route a stock transformers VLM in place, reversibly.
 
-Three instance attributes are set (`reroute.patching.Patch`), nothing else is touched: the
+Three instance attributes are set (`reroute.runtime.patching.Patch`), nothing else is touched: the
 VLM's ``generate`` (to refuse the modes the engine cannot run exactly and to learn the prompt
-length, `reroute.generation_modes`), the multimodal model's ``forward`` (to see the prompt's
+length, `reroute.runtime.generation_modes`), the multimodal model's ``forward`` (to see the prompt's
 ``input_ids`` or ``inputs_embeds``, where the visual positions are; it is what both
 ``model(...)`` and ``model.model(...)`` call) and its decoder's ``forward`` (the routed layer
 loop). ``restore()`` removes exactly those, so parameters, buffers and class code are never
@@ -28,18 +28,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from reroute import compat, outputs
+from reroute.runtime import compat, outputs
 from reroute.backbones import Backbone, backbone_for
-from reroute.backbones.base import Positions
+from reroute.runtime.adapter import Positions
 from reroute.backbones.refused import decoder_refusal
 from reroute.config import RoutingConfig
-from reroute.engine import DecodeState, RoutedDecoder
-from reroute.generation_modes import CURRENT_GENERATE, GenerateCall, check_cache, check_generate, refuse_packed
-from reroute.masks import SUPPORTED_ATTENTION
+from reroute.runtime.engine import DecodeState, RoutedDecoder
+from reroute.runtime.generation_modes import CURRENT_GENERATE, GenerateCall, check_cache, check_generate, refuse_packed
+from reroute.runtime.masks import SUPPORTED_ATTENTION
 from reroute.methods import get_vision_stage
 from reroute.methods.vision_stage import split_dropped
-from reroute.patching import Patch
-from reroute.trace import Trace
+from reroute.runtime.patching import Patch
+from reroute.runtime.trace import Trace
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def _brings_visual(arguments: dict) -> bool:
 
 
 def _last_real_token(attention_mask: torch.Tensor | None, shape: torch.Size, device) -> torch.Tensor:
-    """``(B, L)`` bool: each sample's last non-padding position, the query of every decision (SPEC §2)."""
+    """``(B, L)`` bool: each sample's last non-padding position, the query of every decision (docs/semantics.md §2)."""
     batch, length = shape
     if attention_mask is None:
         valid = torch.ones(batch, length, dtype=torch.bool, device=device)

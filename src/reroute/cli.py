@@ -7,6 +7,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from reroute.errors import UserError
+
 # name -> module under reroute.commands; each module defines `add_arguments(parser)` and `run(args) -> int`.
 # Imported lazily so `reroute cost` does not pay for matplotlib and `reroute --help` stays instant.
 COMMANDS: dict[str, str] = {
@@ -19,11 +21,6 @@ COMMANDS: dict[str, str] = {
     "show": "One figure of remove vs reroute decisions (scores, active patches, answers) on your image.",
     "analyze": "Per-decision re-entry, score rank correlation and GT-box activity over a dataset.",
 }
-
-
-class UserError(Exception):
-    """A problem with what the user asked for (a missing path, a bad value): ``main`` prints
-    ``reroute <command>: <message>`` on one line and exits with status 2, without a traceback."""
 
 
 def _module(name: str):
@@ -66,8 +63,4 @@ def _one_line(error: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    # `python -m reroute.cli` runs this file as __main__: call the imported module's main so that the
-    # UserError the commands raise (reroute.cli.UserError) is the class main catches.
-    from reroute.cli import main as _main
-
-    raise SystemExit(_main())
+    raise SystemExit(main())

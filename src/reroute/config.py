@@ -1,4 +1,4 @@
-"""`RoutingConfig`: what a routed forward does, validated once at construction (SPEC §1, §3, §8)."""
+"""`RoutingConfig`: what a routed forward does, validated once at construction (docs/semantics.md §1, §3, §8)."""
 
 from __future__ import annotations
 
@@ -6,29 +6,28 @@ import math
 import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any
 
-from reroute.methods import ACTIONS as ACTION_REGISTRY
-from reroute.methods import SCORERS, VISION_STAGES
-
-Action = Literal["remove", "reroute"]  # the built-in actions; others may be registered (reroute.methods)
-Execution = Literal["stagewise", "per_layer"]
-
-ACTIONS: tuple[str, ...] = ("remove", "reroute")
-EXECUTIONS: tuple[str, ...] = ("stagewise", "per_layer")
+from reroute.registry import ACTIONS as ACTION_REGISTRY
+from reroute.registry import SCORERS, VISION_STAGES
 
 # floor(N * r) must not lose a token to binary rounding (0.29 * 100 = 28.999...).
 _FLOOR_EPS = 1e-9
 
 
 def keep_count(num_visual: int, keep_ratio: float) -> int:
-    """SPEC §1: ``k = max(1, floor(N_vis * r))`` (0 when there is no visual token)."""
+    """docs/semantics.md §1: ``k = max(1, floor(N_vis * r))`` (0 when there is no visual token)."""
     if num_visual <= 0:
         return 0
     return max(1, math.floor(num_visual * keep_ratio + _FLOOR_EPS))
 
 
 # numbers' ABCs cover numpy's integers and floats (numpy.bool_ is neither); Python's bool is an int.
+def _registered_executions() -> tuple[str, ...]:
+    """Every way some registered action can run a stage, in registration order."""
+    return tuple(dict.fromkeys(e for action in ACTION_REGISTRY for e in action.executions))
+
+
 def _is_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -80,17 +79,17 @@ class RoutingConfig:
         execution: how ``reroute`` runs a stage: ``"stagewise"`` keeps the compact sequence
             through the whole stage, ``"per_layer"`` gathers and scatters at every layer.
             Same numbers; stage-wise moves fewer bytes. ``remove`` always runs stage-wise.
-        scorer: the scoring rule of every decision (``"last_token"``: SPEC §2).
+        scorer: the scoring rule of every decision (``"last_token"``: docs/semantics.md §2).
         vision_stage: a stage that reduces the visual tokens before the decoder (``None``: none;
             ``"nuwa"``: Nüwa's stage 1). With a stage, ``N_vis`` above is the number of
             visual tokens the stage kept.
         vision_params: the vision stage's parameters (a mapping of numbers; stored sorted).
     """
 
-    action: Action = "reroute"
+    action: str = "reroute"
     decision_layers: tuple[int, ...] = (3,)
     keep_ratios: tuple[float, ...] = (0.5,)
-    execution: Execution = "stagewise"
+    execution: str = "stagewise"
     scorer: str = "last_token"
     vision_stage: str | None = None
     vision_params: tuple[tuple[str, float], ...] = ()
@@ -106,8 +105,9 @@ class RoutingConfig:
         if self.action not in ACTION_REGISTRY:
             raise ValueError(f"action must be one of {ACTION_REGISTRY.names()}, got {self.action!r}")
         action = ACTION_REGISTRY.get(self.action)
-        if self.execution not in EXECUTIONS:
-            raise ValueError(f"execution must be one of {EXECUTIONS}, got {self.execution!r}")
+        executions = _registered_executions()
+        if self.execution not in executions:
+            raise ValueError(f"execution must be one of {executions}, got {self.execution!r}")
         if self.execution not in action.executions:
             able = [a.name for a in ACTION_REGISTRY if self.execution in a.executions]
             which = f"action={able[0]!r}" if len(able) == 1 else f"action in {tuple(able)}"
@@ -198,7 +198,7 @@ class RoutingConfig:
         return VISION_STAGES.get(self.vision_stage).kept_count(num_visual, dict(self.vision_params))
 
     def visual_counts_per_layer(self, num_visual: int, num_layers: int) -> list[int]:
-        """Visual tokens taking part in each decoder layer (the same for both actions, SPEC §1),
+        """Visual tokens taking part in each decoder layer (the same for both actions, docs/semantics.md §1),
         for a prompt of one image of ``num_visual`` tokens."""
         entering = self.decoder_visual_count(num_visual)
         counts = self.keep_counts(entering)

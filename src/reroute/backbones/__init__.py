@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from reroute.backbones.base import Backbone, Positions
+from reroute.backbones.base import Backbone
+from reroute.runtime.adapter import Positions
 from reroute.backbones.internvl import InternVLBackbone
 from reroute.backbones.llava import LlavaBackbone
 from reroute.backbones.llava_next import LlavaNextBackbone

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reroute.backbones.base import Backbone
-from reroute.compat import apply_rotary_pos_emb
+from reroute.runtime.compat import apply_rotary_pos_emb
 
 
 class LlavaBackbone(Backbone):

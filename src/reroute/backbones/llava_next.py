@@ -2,7 +2,7 @@
 
 Both place every visual feature (the base crop, the unpadded high-resolution grid and the
 ``image_newline`` rows) at an ``<image>`` placeholder, so the candidate pool is exactly the
-placeholder positions (SPEC §1): newline features are visual tokens like the others. The
+placeholder positions (docs/semantics.md §1): newline features are visual tokens like the others. The
 decoder is a plain Llama/Qwen2 stack with 1-D positions, as for LLaVA-1.5.
 """
 

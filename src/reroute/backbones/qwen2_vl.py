@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from reroute.backbones.base import Backbone, Positions
-from reroute.compat import apply_rotary_pos_emb
+from reroute.backbones.base import Backbone
+from reroute.runtime.adapter import Positions
+from reroute.runtime.compat import apply_rotary_pos_emb
 
 
 class Qwen2VLBackbone(Backbone):
     model_classes = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
     # The engine's tables are (B, L, head_dim) with the M-RoPE sections merged (by the rotary
-    # module since transformers 5.23, by reroute.compat before), so the plain rotation applies.
+    # module since transformers 5.23, by reroute.runtime.compat before), so the plain rotation applies.
     apply_rotary = staticmethod(apply_rotary_pos_emb)
 
     def visual_token_ids(self, config) -> tuple[int, ...]:
-        # images and video frames form one candidate pool (SPEC §1)
+        # images and video frames form one candidate pool (docs/semantics.md §1)
         return (config.image_token_id, config.video_token_id)
 
     #: rows of positions the stock text model derives when none are given (Qwen3-VL: 4)

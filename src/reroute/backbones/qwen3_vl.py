@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from reroute.backbones.base import LayerInjections
+from reroute.runtime.adapter import LayerInjections
 from reroute.backbones.qwen2_vl import Qwen2VLBackbone
-from reroute.compat import apply_rotary_pos_emb
+from reroute.runtime.compat import apply_rotary_pos_emb
 
 
 class Qwen3VLBackbone(Qwen2VLBackbone):

@@ -27,9 +27,9 @@ Methodology:
   are recorded. Decode is timed from the timestamps a logits processor takes after every
   generated token of ``generate``: ``(t_last - t_first) / (new_tokens - 1)``.
 - theoretical speedup: decoder FLOPs by the paper formula ``4nd^2 + 2n^2d + 2ndm`` per layer
-  (`reroute.cost.paper_layer_flops`) over the per-layer token counts the forward really
+  (`reroute.budgets.cost.paper_layer_flops`) over the per-layer token counts the forward really
   ran (``handle.trace``), vanilla over routed; also by the exact count of every matmul with
-  causal attention (`reroute.cost.exact_layer_flops`). ``efficiency = measured / theoretical``.
+  causal attention (`reroute.budgets.cost.exact_layer_flops`). ``efficiency = measured / theoretical``.
 - stage-wise against per-layer execution: back-to-back pairs (their difference is ~1 % of a
   prefill, below the noise of a round-robin median), and the bytes and time the engine's
   gathers and scatters take in each (`data_movement`).

@@ -15,8 +15,8 @@ import torch
 import reroute
 from reroute.bench.shapes import PAD_TOKEN_ID
 from reroute.config import RoutingConfig
-from reroute.dims import DecoderDims, decoder_dims, exact_layer_flops, paper_layer_flops
-from reroute.trace import Trace
+from reroute.runtime.dims import DecoderDims, decoder_dims, exact_layer_flops, paper_layer_flops
+from reroute.runtime.trace import Trace
 
 MiB = 2**20
 
@@ -47,7 +47,7 @@ def kv_cache_bytes(cache) -> int:
 
 
 def expected_kv_cache_bytes(trace: Trace | None, model, batch: int, length: int) -> int:
-    """SPEC §7: sum over layers of ``2 x batch x n_layer x kv_heads x head_dim x bytes``
+    """docs/semantics.md §7: sum over layers of ``2 x batch x n_layer x kv_heads x head_dim x bytes``
     (``n_layer`` the layer's cache length after prefill: the trace's, or the prompt's)."""
     dims = decoder_dims(model)
     lengths = trace.cache_lengths if trace is not None else (length,) * dims.num_layers

@@ -34,8 +34,8 @@ from reroute.bench.shapes import (
     make_inputs,
 )
 from reroute.config import RoutingConfig
-from reroute.dims import decoder_dims
-from reroute.trace import Trace
+from reroute.runtime.dims import decoder_dims
+from reroute.runtime.trace import Trace
 
 # --------------------------------------------------------------------------------------
 # sections
@@ -163,7 +163,7 @@ def run_execution_pairs(
 def data_movement(model, inputs: dict, config: RoutingConfig) -> dict[str, float]:
     """What the engine's compact/scatter steps (`Layout.gather`, `Layout.scatter_`) move in one
     routed prefill: calls, bytes written, and the wall time spent in them (an untimed extra run)."""
-    from reroute.layout import Layout
+    from reroute.runtime.layout import Layout
 
     device = model.device
     totals = {"calls": 0, "bytes": 0, "ms": 0.0}
@@ -219,10 +219,10 @@ def visual_count(model, inputs: dict) -> list[int]:
 
 @torch.no_grad()
 def scorer_memory(model, inputs: dict, layer_index: int) -> dict[str, int]:
-    """Bytes `reroute.scoring.last_token_attention` allocates at its peak for this prompt (measured),
+    """Bytes `reroute.methods.attention.last_token_attention` allocates at its peak for this prompt (measured),
     against the maps a full-matrix scorer (the reference code's) materialises (by their shapes)."""
     from reroute.backbones import backbone_for
-    from reroute.scoring import last_token_attention
+    from reroute.methods.attention import last_token_attention
 
     backbone = backbone_for(model)
     text_model = backbone.text_model(model)

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from reroute.budget import preset as budget_preset
+from reroute.budgets import preset as budget_preset
 from reroute.config import RoutingConfig
-from reroute.model_shapes import MODEL_SHAPES, build_llava, llava_config
+from reroute.backbones.released import MODEL_SHAPES, build_llava, llava_config
 
 # --------------------------------------------------------------------------------------
 # model shapes
@@ -36,7 +36,7 @@ class BenchShape:
 
 
 def shape_of_released(name: str, description: str, **overrides: Any) -> BenchShape:
-    """The `BenchShape` of a released LLaVA config from `reroute.model_shapes` (one source for its dimensions)."""
+    """The `BenchShape` of a released LLaVA config from `reroute.backbones.released` (one source for its dimensions)."""
     config = MODEL_SHAPES[name]()
     text, vision = config.text_config, config.vision_config
     return BenchShape(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reroute.commands._routing import PRESET_NAMES, require_matplotlib
+from reroute.commands.common import PRESET_NAMES, require_matplotlib
 
 DEFAULT_PRESETS = ("pdrop", "reroute_vs_pdrop", "fastv", "reroute_vs_fastv")
 
@@ -61,9 +61,9 @@ def _get_task(name: str):
 
 def analyze_task(args, names: list[str]):
     """Rows, summaries and meta of the presets over ``args.task``'s first ``args.num_samples`` samples."""
-    from reroute.commands._routing import load_vlm
+    from reroute.commands.common import load_vlm
     from reroute.demo.analyze import preset_configs
-    from reroute.tracing import analyze_items, count_visual, model_family, task_items
+    from reroute.viz.collect import analyze_items, count_visual, model_family, task_items
 
     if args.data_dir is None:
         raise SystemExit(f"--task {args.task}: give --data-dir, the folder with the task's files")
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from reroute.analysis import analysis_json, format_analysis, format_summaries
+    from reroute.viz.statistics import analysis_json, format_analysis, format_summaries
     from reroute.demo.analyze import analyze_demo
     from reroute.viz import plot_analysis
 

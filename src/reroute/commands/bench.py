@@ -75,7 +75,7 @@ def _check(args: argparse.Namespace) -> None:
 
     import torch
 
-    from reroute.cli import UserError
+    from reroute.errors import UserError
 
     unknown = set(s for s in args.sections.split(",") if s) - {"latency", "scaling", "batch"}
     if unknown:

@@ -2,7 +2,7 @@
 
 The named shapes are built from transformers' own config classes with the published
 dimensions typed in, so nothing is downloaded and the numbers follow exactly what
-`reroute.cost` reads from a loaded model. ``--model`` also takes a local folder holding a
+`reroute.budgets.cost` reads from a loaded model. ``--model`` also takes a local folder holding a
 ``config.json`` or a hub id (its config alone is read, never weights).
 """
 
@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from reroute.budget import PAPER_TIERS, PRESETS, REFERENCE_NUM_VISUAL, preset
-from reroute.nuwa import QWEN_RATIOS
-from reroute.nuwa_presets import NUWA_PRESETS, nuwa_family
-from reroute.cost import CostReport, cost
-from reroute.model_shapes import MODEL_SHAPES, VISUAL_TOKENS_PER_IMAGE
+from reroute.budgets import PAPER_TIERS, REFERENCE_NUM_VISUAL, preset, preset_names
+from reroute.methods.nuwa import QWEN_RATIOS
+from reroute.methods.nuwa.presets import NUWA_PRESETS, nuwa_family
+from reroute.budgets.cost import CostReport, cost
+from reroute.backbones.released import MODEL_SHAPES, VISUAL_TOKENS_PER_IMAGE
 
 
 MODELS = MODEL_SHAPES
@@ -82,7 +82,7 @@ def rows(model_name: str, ratios: str, num_visual: int, num_text: int) -> list[R
     """
     config = load_config(model_name)
     table: list[Row] = [("vanilla", None, None, cost(None, config, num_visual, num_text))]
-    for name in (*PRESETS, *NUWA_PRESETS):
+    for name in preset_names():
         for tier in PAPER_TIERS:
             target = target_avg_t(tier, num_visual)
             if name in NUWA_PRESETS and ratios == "paper" and nuwa_family(config) == "qwen2_5_vl":
@@ -140,7 +140,7 @@ def format_table(table: list[Row]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reroute.cli import UserError
+    from reroute.errors import UserError
 
     if args.num_visual is None:
         args.num_visual = VISUAL_TOKENS_PER_IMAGE.get(args.model, REFERENCE_NUM_VISUAL)

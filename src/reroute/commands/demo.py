@@ -26,11 +26,11 @@ def run(args: argparse.Namespace) -> int:
 
     from reroute.demo.modeling import MODEL_DIR
 
-    from reroute.cli import UserError
+    from reroute.errors import UserError
 
     model_dir = args.model_dir or MODEL_DIR
     if not (MODEL_DIR / "config.json").exists() and args.model_dir is None:
-        from reroute.quickstart import run_quickstart
+        from reroute.demo.quickstart import run_quickstart
 
         print("The bundled demo model is not installed: running the quickstart on a tiny random LLaVA instead.")
         return run_quickstart()

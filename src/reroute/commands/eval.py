@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reroute.budgets import preset_names
+from reroute.errors import UserError
 from reroute.eval.task import MODEL_FAMILIES
 
-#: routed presets come from reroute.budget.PRESETS (new methods join by registering there)
+#: routed presets come from the preset registry (`reroute.budgets.preset_names`; a method folder registers its own)
 VANILLA = "vanilla"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -46,13 +48,7 @@ several GPUs or nodes (samples are split by stride; results equal a one-process 
 """
 
 
-class UserError(Exception):
-    """A mistake in the command line or its files: reported as one line, no traceback."""
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from reroute.budget import PRESETS
-
     one_line_errors(parser)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
@@ -61,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", required=True, help="folder holding the benchmarks' local files")
     parser.add_argument("--output", default="outputs/eval", help="results folder (default outputs/eval)")
     parser.add_argument(
-        "--preset", default=VANILLA, choices=(VANILLA, *PRESETS), help="routing method (default vanilla)"
+        "--preset", default=VANILLA, choices=(VANILLA, *preset_names()), help="routing method (default vanilla)"
     )
     parser.add_argument("--tier", type=float, default=None, help="avg_T budget in the paper's 576-token units (see below)")
     parser.add_argument("--ratios", default="solved", choices=("solved", "paper"), help="keep ratios: solved (default) or paper")
@@ -155,7 +151,7 @@ def check_method(args: argparse.Namespace) -> None:
         raise UserError(f"--preset {args.preset} needs --tier (the paper's tiers are 192, 128, 64)")
     if not args.tier > 0:
         raise UserError(f"--tier must be > 0, got {args.tier:g}")
-    from reroute.budget import PAPER_TIERS
+    from reroute.budgets import PAPER_TIERS
 
     if args.ratios == "paper" and args.tier not in PAPER_TIERS:
         tiers = ", ".join(str(t) for t in PAPER_TIERS)
@@ -208,7 +204,7 @@ def routing_config(preset: str, tier: float | None, ratios: str, model: Any) -> 
     gets the fraction tier / 576 of each image's tokens.
     """
     import reroute
-    from reroute.budget import REFERENCE_NUM_VISUAL
+    from reroute.budgets import REFERENCE_NUM_VISUAL
 
     if preset == VANILLA:
         return None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from reroute.commands import eval as eval_command
+from reroute.errors import UserError
 
 #: the methods of the table, in row order
 TABLE_PRESETS: tuple[str, ...] = ("vanilla", "fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop", "nuwa", "nuwa_reroute")
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.batch_size < 1:
-            raise eval_command.UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+            raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
         tasks = eval_command.load_samples(eval_command.parse_tasks(args.tasks), args.data_dir, args.limit)
         model, processor, family, _ = eval_command.prepare_model(args)
         plan = []
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             eval_run = EvalRun(name, config, args.model, family, args.rec_frame, args.batch_size, labels)
             check_run_dir(eval_run, Path(args.output) / name)
             plan.append((method, tier, eval_run))
-    except (eval_command.UserError, ValueError, TypeError, FileNotFoundError) as error:
+    except (UserError, ValueError, TypeError, FileNotFoundError) as error:
         print(f"reroute paper-table: error: {eval_command.one_line(error)}", file=sys.stderr)
         return 2
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reroute.commands._routing import (
+from reroute.commands.common import (
     PRESET_NAMES,
     config_file_pair,
     load_vlm,
@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     from reroute import apply
     from reroute.demo.synthetic import parse_box as parse_answer_box
-    from reroute.grids import grids_for
-    from reroute.tracing import prompt_text
+    from reroute.backbones.grids import grids_for
+    from reroute.viz.collect import prompt_text
     from reroute.viz import RunView, plot_decisions
 
     require_matplotlib("show")

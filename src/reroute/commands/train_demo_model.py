@@ -47,7 +47,7 @@ def _check(args: argparse.Namespace) -> None:
     """Refuse values that would fail deep inside training, with one line naming the option."""
     from pathlib import Path
 
-    from reroute.cli import UserError
+    from reroute.errors import UserError
 
     for option in ("steps", "batch_size", "threads", "turns"):
         value = getattr(args, option)

@@ -1,15 +1,15 @@
-"""The decision analysis (`reroute.analysis`) of a demo model over the demo's held-out set."""
+"""The decision analysis (`reroute.viz.statistics`) of a demo model over the demo's held-out set."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from reroute.analysis import DecisionStats, RunSummary
+from reroute.viz.statistics import DecisionStats, RunSummary
 from reroute.demo import modeling, synthetic
 from reroute.demo.run import EVAL_SEED, EVAL_SPLIT
-from reroute.pairs import preset_at_paper_tier
-from reroute.tracing import PromptItem, analyze_items, count_visual
+from reroute.budgets.pairs import preset_at_paper_tier
+from reroute.viz.collect import PromptItem, analyze_items, count_visual
 
 
 def demo_items(samples: Sequence[synthetic.Sample]) -> list[PromptItem]:
@@ -44,7 +44,7 @@ def analyze_demo(
     batch_size: int = 50,
     ratios: str = "solved",
 ) -> tuple[list[DecisionStats], list[RunSummary], dict]:
-    """Rows of `reroute.analysis.analyze_traces` and `summarize_runs` for each preset at ``paper_tier``, and a meta dict."""
+    """Rows of `reroute.viz.statistics.analyze_traces` and `summarize_runs` for each preset at ``paper_tier``, and a meta dict."""
     model, processor = modeling.load_model(model_dir)
     samples = synthetic.make_dataset(num_samples, seed=EVAL_SEED, split=EVAL_SPLIT)
     items = demo_items(samples)

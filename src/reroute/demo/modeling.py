@@ -137,7 +137,7 @@ def build_processor():
 
 
 def build_config(tokenizer=None):
-    from reroute.model_shapes import llava_config
+    from reroute.backbones.released import llava_config
 
     tokenizer = tokenizer or build_tokenizer()
     vision = dict(
@@ -211,7 +211,7 @@ def _init_vision_positions(model, scale: float = 0.3) -> None:
 
 def build_model(seed: int = 0, processor=None):
     """A freshly initialised model (deterministic for ``seed``) and its processor."""
-    from reroute.model_shapes import build_llava
+    from reroute.backbones.released import build_llava
 
     processor = processor or build_processor()
     model = build_llava(build_config(processor.tokenizer), seed=seed).train()  # a fresh module trains

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 import reroute
 from reroute import RoutingConfig
-from reroute.budget import REFERENCE_NUM_VISUAL
+from reroute.budgets import REFERENCE_NUM_VISUAL
 from reroute.demo import modeling, synthetic
 from reroute.demo.train import _score, generate_answers, summarize
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 import reroute
 from reroute.config import RoutingConfig
-from reroute.cost import decoder_dims, exact_layer_flops, paper_layer_flops
+from reroute.budgets.cost import decoder_dims, exact_layer_flops, paper_layer_flops
 from reroute.eval.families import Family, generate, move_to
 from reroute.eval.records import Appender, read_records, write_atomically
 from reroute.eval.shard import Shard

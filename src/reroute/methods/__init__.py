@@ -3,7 +3,7 @@
 - `Scorer` (`reroute.methods.scorer`): which visual tokens matter at a decision.
 - `Action` (`reroute.methods.action`): what happens to the others (remove, reroute).
 - `VisionStage` (`reroute.methods.vision_stage`): a reduction before the decoder (Nüwa's stage 1).
-- The schedule (decision layers, keep ratios) is `RoutingConfig` itself, built by `reroute.budget`.
+- The schedule (decision layers, keep ratios) is `RoutingConfig` itself, built by `reroute.budgets`.
 
 Each kind has a registry; `RoutingConfig` names its parts and is validated against them, and
 the engine, config and cost consult the registered objects. Adding a scorer or an action is
@@ -11,7 +11,6 @@ one module with a registered subclass; see docs/methods.md.
 """
 
 from reroute.methods.action import ACTIONS, Action, get_action, register_action
-from reroute.methods.registry import Registry
 from reroute.methods.scorer import SCORERS, Scorer, ScoringInputs, get_scorer, register_scorer
 from reroute.methods.vision_stage import (
     VISION_STAGES,
@@ -21,13 +20,16 @@ from reroute.methods.vision_stage import (
     register_vision_stage,
 )
 
-# the built-in parts beyond SPEC §2-§3: Nüwa's vision stage and its stage-2 scorers (registered on import)
+# one folder per method, each registering its parts and presets on import (in the order the
+# presets are listed everywhere: the removal baselines, Reroute's counterparts, then Nüwa's pair)
+from reroute.methods import fastv as _fastv  # noqa: E402, F401  isort: skip
+from reroute.methods import pdrop as _pdrop  # noqa: E402, F401  isort: skip
+from reroute.methods import reroute as _reroute  # noqa: E402, F401  isort: skip
 from reroute.methods import nuwa as _nuwa  # noqa: E402, F401  isort: skip
 
 __all__ = [
     "ACTIONS",
     "Action",
-    "Registry",
     "SCORERS",
     "Scorer",
     "ScoringInputs",

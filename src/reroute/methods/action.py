@@ -1,8 +1,8 @@
-"""Actions: what a decision does to the visual tokens it does not select (SPEC §3).
+"""Actions: what a decision does to the visual tokens it does not select (docs/semantics.md §3).
 
 An action says which tokens compete at a decision, which tokens are keys of the scoring
 row, which run the next stage, whether its keep ratios must shrink, how its stages may be
-executed, and how many tokens a decision scores (for `reroute.cost`). All masks are
+executed, and how many tokens a decision scores (for `reroute.budgets.cost`). All masks are
 ``(B, L)`` bool over the prompt's positions.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from reroute.methods.registry import Registry
+from reroute.registry import ACTIONS
 
 STAGEWISE, PER_LAYER = "stagewise", "per_layer"
 
@@ -51,7 +51,6 @@ class Action:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-ACTIONS: Registry[Action] = Registry("action", "action")
 
 
 #: class decorator: registers one instance under ``cls.name`` (duplicates refused)

@@ -1,4 +1,4 @@
-"""Scoring rules: which visual tokens matter at a decision (SPEC §2; Nüwa's stage-2 rule).
+"""Scoring rules: which visual tokens matter at a decision (docs/semantics.md §2; Nüwa's stage-2 rule).
 
 A scorer turns the hidden states that enter its attention layer into one score per token,
 from a few query rows (never the full L x L map). The engine selects the top-k candidates
@@ -9,48 +9,25 @@ unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from reroute.backbones.base import RotaryFn
-from reroute.methods.registry import Registry
-from reroute.scoring import last_token_attention
-
-
-@dataclass(frozen=True)
-class ScoringInputs:
-    """What a scorer may read at one decision, for a batch (``n`` tokens per sample).
-
-    layer: the decoder layer whose attention scores (its input norm and q/k projections).
-    hidden: ``(B, n, D)`` the states entering that layer, for every key token, in original order.
-    cos, sin: ``(B, n, head_dim)`` rotary tables at the tokens' original positions.
-    key_valid: ``(B, n)`` bool, the tokens that are keys (not padding, slack, or removed).
-    query_index: ``(B,)`` index into ``n`` of each sample's last prompt token.
-    apply_rotary: the family's ``apply_rotary_pos_emb(q, k, cos, sin)``.
-    """
-
-    layer: nn.Module
-    hidden: torch.Tensor
-    cos: torch.Tensor
-    sin: torch.Tensor
-    key_valid: torch.Tensor
-    query_index: torch.Tensor
-    apply_rotary: RotaryFn
+from reroute.methods.attention import last_token_attention
+from reroute.registry import SCORERS
+from reroute.runtime.decision import ScoringInputs
 
 
 class Scorer:
     """A scoring rule. Subclasses set ``name`` and implement ``score``.
 
     ``attention_layer_offset``: which layer's attention scores the decision at layer ``d``:
-    0 for layer ``d`` itself on its input (SPEC §2), -1 for layer ``d - 1`` on *its* input
+    0 for layer ``d`` itself on its input (docs/semantics.md §2), -1 for layer ``d - 1`` on *its* input
     (Nüwa: the tokens are removed from layer ``d`` on, after layer ``d - 1`` ran on them all).
     """
 
     name: str = ""
     attention_layer_offset: int = 0
-    #: query rows the rule reads (for `reroute.cost`'s scoring FLOPs)
+    #: query rows the rule reads (for `reroute.budgets.cost`'s scoring FLOPs)
     query_rows: int = 1
 
     def score(self, inputs: ScoringInputs) -> torch.Tensor:
@@ -61,7 +38,6 @@ class Scorer:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-SCORERS: Registry[Scorer] = Registry("scorer", "scorer")
 
 
 #: class decorator: registers one instance under ``cls.name`` (duplicates refused)
@@ -71,7 +47,7 @@ get_scorer = SCORERS.get
 
 @register_scorer
 class LastTokenScorer(Scorer):
-    """SPEC §2 (FastV, PDrop, Reroute): head-mean attention of the last prompt token, at the decision layer."""
+    """docs/semantics.md §2 (FastV, PDrop, Reroute): head-mean attention of the last prompt token, at the decision layer."""
 
     name = "last_token"
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from reroute.methods.registry import Registry
+from reroute.registry import VISION_STAGES
 
 
 @dataclass(frozen=True)
@@ -96,14 +96,13 @@ class VisionStage:
         return float(self.kept_count(num_tokens, params))
 
     def flops(self, num_tokens: int, params: Mapping[str, float], model_config) -> int:
-        """FLOPs the stage adds for one image of ``num_tokens`` tokens (for `reroute.cost`)."""
+        """FLOPs the stage adds for one image of ``num_tokens`` tokens (for `reroute.budgets.cost`)."""
         return 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-VISION_STAGES: Registry[VisionStage] = Registry("vision stage", "vision_stage")
 
 
 #: class decorator: registers one instance under ``cls.name`` (duplicates refused)

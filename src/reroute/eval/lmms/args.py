@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import reroute
-from reroute.budget import REFERENCE_NUM_LAYERS, REFERENCE_NUM_VISUAL
+from reroute.budgets import REFERENCE_NUM_LAYERS, REFERENCE_NUM_VISUAL
 from reroute.config import RoutingConfig
 
 PRESET_KEYS: tuple[str, ...] = ("preset", "tier", "ratios", "num_visual")

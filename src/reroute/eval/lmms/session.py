@@ -18,7 +18,7 @@ from torch import nn
 
 import reroute
 from reroute.config import RoutingConfig
-from reroute.trace import Trace
+from reroute.runtime.trace import Trace
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class RoutingStats:
 
     samples: prompts prefilled (one per sample of every routed forward).
     routed_samples: those that had visual tokens (the others ran unrouted).
-    avg_T: mean avg_T over the routed samples (SPEC §1); 0 when none was routed.
+    avg_T: mean avg_T over the routed samples (docs/semantics.md §1); 0 when none was routed.
     num_visual: mean visual-token count of the routed samples' prompts.
     """
 

@@ -1,0 +1,130 @@
+"""Nüwa as parts (docs/semantics.md §6): its vision-side stage 1 and its stage-2 scoring rules, registered.
+
+The computations are `reroute.methods.nuwa`'s pure functions; this module only says how they plug
+into a routed forward:
+
+- ``vision_stage="nuwa"``: before the decoder, each image keeps ``K`` of its ``N`` tokens
+  (``K = ceil(N * keep_fraction)``, at most ``per_cell`` per 2 x 2 cell), merged as Nüwa
+  does; the kept tokens sit at their original positions (see docs/semantics.md "Nüwa").
+- ``scorer="nuwa_llava"``: docs/semantics.md §2's rule read from the layer *before* the decision layer
+  (Nüwa scores with layer 15's attention and removes from layer 16 on);
+  ``scorer="nuwa_qwen"``: mean of the last 3 query rows, max over heads, same layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from reroute.methods.scorer import Scorer, ScoringInputs, register_scorer
+from reroute.methods.vision_stage import StageImage, VisionStage, register_vision_stage
+from reroute.methods.nuwa import (
+    NuwaParams,
+    NuwaRatios,
+    llava_stage2_scores,
+    nuwa_llava_stage1,
+    nuwa_qwen_stage1,
+    qwen_stage2_scores,
+)
+
+#: the quantile of the anchors' saliency below which an anchor merges (LLaVA-1.5, Qwen2.5-VL)
+LLAVA_QUANTILE, QWEN_QUANTILE = 0.55, 0.1
+#: the model classes stage 1 is defined for
+_MODELS = ("LlavaForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+
+
+def _anchors(num_tokens: int, keep_fraction: float) -> int:
+    # round first: 0.35 * 100 is 35.00000000000001 in floating point and ceil would give 36
+    return max(1, math.ceil(round(num_tokens * keep_fraction, 9)))
+
+
+@register_vision_stage
+class NuwaStage(VisionStage):
+    """Nüwa's stage 1 on LLaVA-1.5 (CLIP CLS saliency, additive merge) or Qwen2.5-VL (received
+    attention in the last block, convex merge). Parameters: ``keep_fraction`` (``K / N`` per
+    image, ``K = ceil``) and ``per_cell`` (``n``, 1..4)."""
+
+    name = "nuwa"
+    params = {"keep_fraction": 112 / 576, "per_cell": 1}
+
+    def check_params(self, params: Mapping[str, float]) -> None:
+        super().check_params(params)
+        p = self.resolved(params)
+        fraction, per_cell = p["keep_fraction"], p["per_cell"]
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+            raise ValueError(f"vision stage 'nuwa': keep_fraction={fraction!r} is not in (0, 1]; pass K / N, e.g. 112 / 576")
+        if isinstance(per_cell, bool) or per_cell not in (1, 2, 3, 4):
+            raise ValueError(f"vision stage 'nuwa': per_cell={per_cell!r} is not 1, 2, 3 or 4 (a 2 x 2 cell has 4 tokens)")
+
+    def kept_count(self, num_tokens: int, params: Mapping[str, float]) -> int:
+        p = self.resolved(params)
+        return min(num_tokens, _anchors(num_tokens, p["keep_fraction"]), p["per_cell"] * math.ceil(num_tokens / 4))
+
+    def kept_continuous(self, num_tokens: int, params: Mapping[str, float]) -> float:
+        return num_tokens * self.resolved(params)["keep_fraction"]
+
+    def check_model(self, model: nn.Module) -> None:
+        kind = type(model).__name__
+        if kind not in _MODELS:
+            raise ValueError(
+                f"vision stage 'nuwa' supports {' and '.join(_MODELS)}, not {kind}; use vision_stage=None"
+            )
+
+    def reduce(self, model: nn.Module, params: Mapping[str, float], inputs: Mapping[str, torch.Tensor]) -> list[StageImage]:
+        self.check_model(model)
+        p = self.resolved(params)
+        per_cell = int(p["per_cell"])
+        kind = type(model).__name__
+        if kind == "LlavaForConditionalGeneration":
+            pixels = inputs["pixel_values"]
+            vision = model.config.vision_config
+            num_tokens = (vision.image_size // vision.patch_size) ** 2
+            anchors = min(num_tokens, _anchors(num_tokens, p["keep_fraction"]))
+            images = nuwa_llava_stage1(model, pixels, NuwaParams(per_cell=per_cell, anchors=anchors, keep=anchors))
+        else:
+            ratios = NuwaRatios(stage1_fraction=p["keep_fraction"], per_cell=per_cell, stage2_fraction=1.0)
+            images = nuwa_qwen_stage1(model, inputs["pixel_values"], inputs["image_grid_thw"], ratios)
+        return [StageImage(kept=image.kept, tokens=image.tokens, grid=image.grid) for image in images]
+
+    def flops(self, num_tokens: int, params: Mapping[str, float], model_config) -> int:
+        """Matmul FLOPs of the merge for one image (saliency and similarity features reuse the tower's pass):
+        each merging anchor weighs every token (cosine of ``f``, ``C`` wide) and sums their ``x`` (``D`` wide)."""
+        kept = self.kept_count(num_tokens, params)
+        if getattr(model_config, "model_type", "") == "qwen2_5_vl":
+            width, quantile = model_config.vision_config.out_hidden_size, QWEN_QUANTILE
+        else:
+            width, quantile = model_config.vision_config.hidden_size, LLAVA_QUANTILE
+        # distinct saliencies: the anchors strictly below the linear-interpolation quantile
+        merging = math.ceil((kept - 1) * quantile)
+        return 2 * merging * num_tokens * (width + width)
+
+
+@register_scorer
+class NuwaLlavaScorer(Scorer):
+    """Nüwa's stage-2 rule on LLaVA-1.5: docs/semantics.md §2's head-mean last-token row, from the layer before the decision."""
+
+    name = "nuwa_llava"
+    attention_layer_offset = -1
+
+    def score(self, inputs: ScoringInputs) -> torch.Tensor:
+        return llava_stage2_scores(
+            inputs.layer, inputs.hidden, inputs.cos, inputs.sin, inputs.key_valid, inputs.query_index, inputs.apply_rotary
+        )
+
+
+@register_scorer
+class NuwaQwenScorer(Scorer):
+    """Nüwa's stage-2 rule on Qwen2.5-VL: mean of the last 3 query rows, then max over heads,
+    from the layer before the decision."""
+
+    name = "nuwa_qwen"
+    attention_layer_offset = -1
+    query_rows = 3
+
+    def score(self, inputs: ScoringInputs) -> torch.Tensor:
+        return qwen_stage2_scores(
+            inputs.layer, inputs.hidden, inputs.cos, inputs.sin, inputs.key_valid, inputs.query_index, inputs.apply_rotary
+        )

@@ -1,0 +1,67 @@
+"""What one decision works with: the scorer's inputs and the top-k selection (docs/semantics.md §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from reroute.runtime.adapter import RotaryFn
+
+
+class RoutingPlan(Protocol):
+    """What the engine reads of a method (`reroute.RoutingConfig` is the one implementation):
+    the parts by their registered names and the schedule."""
+
+    action: str
+    scorer: str
+    execution: str
+    decision_layers: tuple[int, ...]
+
+    @property
+    def num_decisions(self) -> int: ...
+
+    def keep_counts(self, num_visual: int) -> tuple[int, ...]: ...
+
+    def stage_of_layer(self, layer: int) -> int: ...
+
+
+@dataclass(frozen=True)
+class ScoringInputs:
+    """What a scorer may read at one decision, for a batch (``n`` tokens per sample).
+
+    layer: the decoder layer whose attention scores (its input norm and q/k projections).
+    hidden: ``(B, n, D)`` the states entering that layer, for every key token, in original order.
+    cos, sin: ``(B, n, head_dim)`` rotary tables at the tokens' original positions.
+    key_valid: ``(B, n)`` bool, the tokens that are keys (not padding, slack, or removed).
+    query_index: ``(B,)`` index into ``n`` of each sample's last prompt token.
+    apply_rotary: the family's ``apply_rotary_pos_emb(q, k, cos, sin)``.
+    """
+
+    layer: nn.Module
+    hidden: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    key_valid: torch.Tensor
+    query_index: torch.Tensor
+    apply_rotary: RotaryFn
+
+
+def select_top_k(scores: torch.Tensor, candidates: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Per sample, the ``keep[b]`` highest-scoring candidates; ties go to the lower index.
+
+    Args:
+        scores: ``(B, n)`` float scores.
+        candidates: ``(B, n)`` bool, which tokens may be selected.
+        keep: ``(B,)`` long, how many to select (at most the candidates of that sample).
+
+    Returns:
+        ``(B, n)`` bool mask of the selected tokens.
+    """
+    masked = scores.masked_fill(~candidates, float("-inf"))
+    # A stable descending sort keeps equal scores in index order: ties break toward the lower position.
+    order = torch.sort(masked, dim=1, descending=True, stable=True).indices
+    rank = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
+    return torch.zeros_like(candidates).scatter(1, order, rank < keep[:, None])

@@ -1,0 +1,181 @@
+"""`reroute eval` and `reroute paper-table` on the command line: errors, config files, sharding, the table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.helpers.eval_demo_data import write_demo_refcoco
+from tests.helpers.eval_fixtures import write_pope
+
+import reroute
+from reroute.cli import main
+from reroute.demo.modeling import MODEL_DIR
+from reroute.eval.records import read_records
+
+SRC = Path(reroute.__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data")
+    write_demo_refcoco(path, 6)
+    write_pope(path, per_category=2)
+    return path
+
+
+def eval_args(data_dir, output, *extra):
+    return ["eval", "--model", str(MODEL_DIR), "--data-dir", str(data_dir), "--output", str(output), "--no-progress", *extra]
+
+
+ERRORS = [
+    (["--model", "/no/such/model"], "reroute eval: error: --model /no/such/model: no such folder (and not a Hub id like org/name)"),
+    (["--tasks", "refcoco_val,nope"], None),  # H1's message, checked as one line naming the task
+    (["--preset", "fastv"], "reroute eval: error: --preset fastv needs --tier (the paper's tiers are 192, 128, 64)"),
+    (["--tier", "64"], "reroute eval: error: --tier applies to routed presets; drop it with --preset vanilla"),
+    (["--preset", "fastv", "--tier", "100", "--ratios", "paper"],
+     "reroute eval: error: --ratios paper has published ratios for tiers 192, 128, 64 only, got --tier 100; use --ratios solved"),
+    (["--preset", "fastv", "--tier", "-1"], "reroute eval: error: --tier must be > 0, got -1"),
+    (["--batch-size", "0"], "reroute eval: error: --batch-size must be >= 1, got 0"),
+    (["--limit", "0"], "reroute eval: error: --limit must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("extra,message", ERRORS, ids=[str(i) for i in range(len(ERRORS))])
+def test_user_errors_are_one_line(data_dir, tmp_path, capsys, extra, message):
+    args = eval_args(data_dir, tmp_path, *extra)
+    if extra[:2] == ["--model", "/no/such/model"]:
+        args = ["eval", "--data-dir", str(data_dir), "--output", str(tmp_path), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    if message is None:
+        assert err.startswith("reroute eval: error: unknown task 'nope'; valid tasks: refcoco_val,")
+    else:
+        assert err == message + "\n"
+    assert err.count("\n") == 1
+    assert not (tmp_path / "vanilla").exists()  # nothing written before the error
+
+
+def test_missing_data_file_and_missing_folder(data_dir, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(eval_args(empty, tmp_path / "out", "--tasks", "pope")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reroute eval: error: no 'test' split of lmms-lab/POPE under ") and err.count("\n") == 1
+    assert main(eval_args(tmp_path / "nowhere", tmp_path / "out")) == 2
+    assert capsys.readouterr().err == (
+        f"reroute eval: error: --data-dir {tmp_path / 'nowhere'}: no such folder; point it at the folder holding the benchmark files\n"
+    )
+
+
+def test_bad_choice_is_one_line(data_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(eval_args(data_dir, tmp_path, "--preset", "fastvv", "--tier", "64"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "reroute eval: error: argument --preset: invalid choice: 'fastvv' (choose from 'vanilla', 'fastv', 'pdrop', "
+        "'reroute_vs_fastv', 'reroute_vs_pdrop', 'nuwa', 'nuwa_reroute') (see reroute eval --help)\n"
+    )
+
+
+def test_config_file_errors(data_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"action": "reroute", "decision_layers": [2], "keep_ratios": [1.5]}))
+    assert main(eval_args(data_dir, tmp_path, "--config", str(bad))) == 2
+    assert capsys.readouterr().err == (
+        f"reroute eval: error: --config {bad}: keep ratio 1.5 is outside (0, 1]: each keep ratio must be > 0 and <= 1\n"
+    )
+    bad.write_text(json.dumps({"action": "remove", "decision_layers": [20], "keep_ratios": [0.5]}))
+    assert main(eval_args(data_dir, tmp_path, "--config", str(bad))) == 2
+    assert capsys.readouterr().err == (
+        "reroute eval: error: decision layer 20 is outside the decoder: LlamaModel has 12 layers "
+        "(valid decision layers are 1..11)\n"
+    )
+    bad.write_text(json.dumps({"action": "remove", "decision_layer": [2], "keep_ratios": [0.5]}))
+    assert main(eval_args(data_dir, tmp_path, "--config", str(bad))) == 2
+    assert capsys.readouterr().err == (
+        f"reroute eval: error: --config {bad}: RoutingConfig has no field 'decision_layer': use action, "
+        "decision_layers, execution, keep_ratios, scorer, vision_params, vision_stage\n"
+    )
+    assert main(eval_args(data_dir, tmp_path, "--config", str(tmp_path / "none.json"))) == 2
+    assert capsys.readouterr().err == f"reroute eval: error: --config {tmp_path / 'none.json'}: no such file\n"
+    bad.write_text("{")
+    assert main(eval_args(data_dir, tmp_path, "--config", str(bad))) == 2
+    assert capsys.readouterr().err.startswith(f"reroute eval: error: --config {bad} is not valid JSON")
+    assert main(eval_args(data_dir, tmp_path, "--config", str(bad), "--preset", "fastv")) == 2
+    assert capsys.readouterr().err == (
+        "reroute eval: error: --config replaces --preset and --tier: give either --config or --preset/--tier\n"
+    )
+
+
+def test_config_file_equals_its_preset(data_dir, tmp_path):
+    from reroute.demo import modeling
+
+    model, _ = modeling.load_model()
+    config = reroute.preset("reroute_vs_fastv", tier=64 * 144 / 576, model=model, num_visual=144)
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"action": config.action, "decision_layers": list(config.decision_layers),
+                                "keep_ratios": list(config.keep_ratios)}))
+    common = ("--tasks", "refcoco_val", "--limit", "3")
+    assert main(eval_args(data_dir, tmp_path, "--config", str(path), *common)) == 0
+    assert main(eval_args(data_dir, tmp_path, "--preset", "reroute_vs_fastv", "--tier", "64", *common)) == 0
+    from_file = json.loads((tmp_path / "config-mine" / "summary.json").read_text())
+    from_preset = json.loads((tmp_path / "reroute_vs_fastv-64-solved" / "summary.json").read_text())
+    assert from_file["config"] == from_preset["config"]
+    assert from_file["tasks"] == from_preset["tasks"]
+
+
+def test_help_explains_tiers_and_launching_on_many_gpus(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert "accelerate launch --num_processes 8 -m reroute eval" in out
+    assert "--num_machines 2" in out
+    assert "tier * N / 576" in out
+
+
+def test_two_accelerate_processes_equal_one(data_dir, tmp_path):
+    """`accelerate launch --num_processes 2 --cpu` writes byte-identical files to a one-process run."""
+    args = ["--preset", "reroute_vs_pdrop", "--tier", "64", "--tasks", "refcoco_val,pope", "--limit", "3", "--batch-size", "2"]
+    assert main(eval_args(data_dir, tmp_path / "one", *args)) == 0
+    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "reroute"]
+    result = subprocess.run(launch + eval_args(data_dir, tmp_path / "two", *args), env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = tmp_path / "one" / "reroute_vs_pdrop-64-solved", tmp_path / "two" / "reroute_vs_pdrop-64-solved"
+    assert sorted(p.name for p in two.iterdir()) == ["pope.jsonl", "refcoco_val.jsonl", "run.json", "summary.json", "summary.md"]
+    for name in ("refcoco_val.jsonl", "pope.jsonl", "summary.json", "summary.md"):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    assert len(read_records(two / "pope.jsonl")) == 3
+
+
+def test_paper_table_every_method_and_tier_resumable(data_dir, tmp_path, monkeypatch, capsys):
+    args = ["paper-table", "--model", str(MODEL_DIR), "--data-dir", str(data_dir), "--output", str(tmp_path),
+            "--tasks", "refcoco_val", "--limit", "1", "--no-progress"]
+    assert main(args) == 0
+    table = (tmp_path / "paper_table.md").read_text()
+    rows = [line for line in table.splitlines()[2:]]
+    assert [tuple(cell.strip() for cell in row.split("|")[1:3]) for row in rows] == [("vanilla", "-")] + [
+        (method, str(tier))
+        for method in ("fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop", "nuwa", "nuwa_reroute")
+        for tier in (192, 128, 64)
+    ]
+    assert table.splitlines()[0] == "| method | tier | refcoco_val acc@0.5 | avg_T | FLOPs rel | KV rel |"
+    data = json.loads((tmp_path / "paper_table.json").read_text())
+    assert [r["avg_T"] for r in data["rows"]][:1] == [144.0]
+
+    # every sample is on disk: a rerun generates nothing and writes the same table
+    import reroute.eval.runner as runner
+
+    def no_generation(*a, **k):
+        raise AssertionError("a finished run generated again")
+
+    monkeypatch.setattr(runner, "generate", no_generation)
+    assert main(args) == 0
+    assert (tmp_path / "paper_table.md").read_text() == table

@@ -1,0 +1,170 @@
+"""`reroute show` and `reroute analyze` end to end on the demo model, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reroute.cli import main
+from reroute.demo import modeling, synthetic
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    sample = synthetic.make_sample(0, "test", 0, kind="grounding")
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    sample.image.save(path)
+    return path, sample
+
+
+def test_show_writes_the_figure_and_prints_both_answers(model_dir, image_file, tmp_path, capsys):
+    path, sample = image_file
+    out = tmp_path / "show.png"
+    box = ",".join(str(v) for v in sample.objects[sample.target].pixel_box)
+    code = main(["show", "--model", str(model_dir), "--image", str(path), "--prompt", sample.question,
+                 "--box", box, "--tier", "128", "--max-new-tokens", "12", "--output", str(out)])
+    printed = capsys.readouterr().out.splitlines()
+    assert code == 0 and out.stat().st_size > 20_000
+    assert printed[0].startswith("remove (pdrop): ") and printed[1].startswith("reroute (reroute_vs_pdrop): ")
+
+
+def test_show_with_a_config_file_pairs_it_with_the_other_action(model_dir, image_file, tmp_path, capsys):
+    path, sample = image_file
+    config = tmp_path / "routing.json"
+    config.write_text(json.dumps({"action": "reroute", "decision_layers": [2, 5], "keep_ratios": [0.3, 0.2]}))
+    code = main(["show", "--model", str(model_dir), "--image", str(path), "--prompt", sample.question,
+                 "--config", str(config), "--max-new-tokens", "4", "--output", str(tmp_path / "f.svg")])
+    printed = capsys.readouterr().out.splitlines()
+    assert code == 0 and (tmp_path / "f.svg").exists()
+    assert printed[0].startswith("remove (same schedule): ") and printed[1].startswith("reroute (config): ")
+
+
+def test_analyze_writes_table_json_and_plots(model_dir, tmp_path):
+    stem = tmp_path / "analysis" / "demo"
+    code = main(["analyze", "--model-dir", str(model_dir), "--num-samples", "6", "--batch-size", "3",
+                 "--output", str(stem)])
+    assert code == 0
+    saved = json.loads((stem.parent / "demo.json").read_text())
+    rows = saved["rows"]
+    assert [r["run"] for r in rows[::4]] == ["pdrop", "reroute_vs_pdrop", "fastv", "reroute_vs_fastv"][: len(rows[::4])]
+    assert saved["meta"]["num_samples"] == 6 and saved["meta"]["num_visual"] == 144
+    assert [r["run"] for r in saved["runs"]] == ["pdrop", "reroute_vs_pdrop", "fastv", "reroute_vs_fastv"]
+    fastv, ours = saved["runs"][2], saved["runs"][3]
+    assert fastv["avg_t"] == pytest.approx(ours["avg_t"], abs=1.0)  # the same budget
+    for r in rows:
+        assert r["n_samples"] == 6
+        if r["decision"] == 0:
+            assert r["reentry"] is None and r["spearman"] is None
+        elif r["action"] == "remove":
+            assert r["reentry"] == 0.0  # removed tokens never come back
+    table = (stem.parent / "demo.md").read_text()
+    assert table.count("\n| ") == len(rows) + 1 + len(saved["runs"]) + 1  # per decision, then per run
+    assert (stem.parent / "demo.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["show", "--image", "nowhere.png", "--prompt", "x"], "--image nowhere.png: no such file"),
+        (["show", "--image", "IMG", "--prompt", "x", "--output", "f.jpg"],
+         "--output f.jpg: the figure path must end in .png or .svg"),
+        (["show", "--image", "IMG", "--prompt", "x", "--box", "1,2,3"],
+         "--box '1,2,3': give x1,y1,x2,y2 with x2 > x1 and y2 > y1 (pixels, or 0-1 fractions)"),
+        (["show", "--image", "IMG", "--prompt", "x", "--config", "missing.json"],
+         "--config missing.json: no such file; give a JSON file with RoutingConfig fields"),
+        (["analyze", "--presets", "pdrop,nope"],
+         "--presets 'pdrop,nope': use names from fastv, reroute_vs_fastv, pdrop, reroute_vs_pdrop, comma-separated"),
+        (["analyze", "--model-dir", "no_model_here"], "--model-dir no_model_here: no saved demo model there (config.json missing)"),
+    ],
+)
+def test_user_errors_are_one_line(args, message, image_file):
+    args = [str(image_file[0]) if a == "IMG" else a for a in args]
+    with pytest.raises(SystemExit) as error:
+        main(args)
+    assert str(error.value.code) == message
+
+
+def test_a_bad_config_file_is_one_line(image_file, tmp_path):
+    config = tmp_path / "routing.json"
+    config.write_text(json.dumps({"action": "remove", "decision_layers": [2, 5], "keep_ratios": [0.2, 0.3]}))
+    with pytest.raises(SystemExit) as error:
+        main(["show", "--image", str(image_file[0]), "--prompt", "x", "--config", str(config)])
+    assert str(error.value.code) == (
+        f"--config {config}: keep_ratios grow from 0.2 to 0.3 at decision layer 5: removed tokens cannot come back; "
+        "make the ratios non-increasing or use action='reroute'"
+    )
+
+
+def test_a_tier_without_published_ratios_is_one_line(model_dir):
+    with pytest.raises(SystemExit) as error:
+        main(["analyze", "--model-dir", str(model_dir), "--tier", "100", "--ratios", "paper", "--num-samples", "1"])
+    assert str(error.value.code) == (
+        "preset pdrop at paper tier 100: ratios='paper' has no published set for tier 100.0: the paper publishes tiers "
+        "192, 128, 64; use ratios='solved' for other tiers"
+    )
+
+
+class _FakeRecTask:
+    """An evaluation task in the `reroute.eval.task.Task` contract, over the demo's grounding samples."""
+
+    name, family, dataset_id = "fake_rec", "rec", "local/fake"
+
+    def __init__(self, samples):
+        self.samples = samples
+
+    def load(self, data_dir, limit=None):
+        from reroute.eval.task import EvalSample
+
+        return [
+            EvalSample(
+                task=self.name, id=str(i), question=s.expression,
+                target=[v / synthetic.IMAGE_SIZE for v in s.objects[s.target].pixel_box],
+                load_images=lambda s=s: [s.image],
+            )
+            for i, s in enumerate(self.samples[:limit])
+        ]
+
+    def prompt(self, sample, model_family):
+        assert model_family == "demo"
+        return f"{synthetic.GROUNDING_PREFIX} {sample.question}."
+
+
+def test_analyze_over_an_evaluation_task_equals_the_same_samples_from_the_demo_set(model_dir, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from reroute.demo.analyze import demo_items, preset_configs
+    from reroute.viz.collect import analyze_items
+
+    samples = synthetic.make_dataset(4, seed=7, split="test", kind="grounding")
+    fake = types.ModuleType("reroute.eval.tasks")
+    fake.get_task = lambda name: _FakeRecTask(samples) if name == "fake_rec" else (_ for _ in ()).throw(KeyError(name))
+    monkeypatch.setitem(sys.modules, "reroute.eval.tasks", fake)
+    stem = tmp_path / "task"
+    code = main(["analyze", "--task", "fake_rec", "--data-dir", str(tmp_path), "--model", str(model_dir),
+                 "--num-samples", "4", "--batch-size", "2", "--presets", "pdrop,reroute_vs_pdrop", "--output", str(stem)])
+    assert code == 0
+    saved = json.loads((tmp_path / "task.json").read_text())
+    assert saved["meta"]["num_grounding"] == 4 and saved["meta"]["dataset"].startswith("task fake_rec")
+
+    model, processor = modeling.load_model(model_dir)
+    configs = preset_configs(["pdrop", "reroute_vs_pdrop"], 64, model, 144, "solved")
+    rows, _ = analyze_items(model, processor, demo_items(samples), configs, batch_size=2)  # the same batches
+    assert saved["rows"] == json.loads(json.dumps([r.__dict__ for r in rows]))
+
+
+def test_analyze_task_needs_a_data_dir():
+    with pytest.raises(SystemExit) as error:
+        main(["analyze", "--task", "refcoco_val"])
+    assert str(error.value.code) == "--task refcoco_val: give --data-dir, the folder with the task's files"
+
+
+@pytest.mark.parametrize("command", ["show", "analyze"])
+def test_missing_matplotlib_is_one_line(command, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    with pytest.raises(SystemExit) as error:
+        main([command, "--image", "x.png", "--prompt", "x"] if command == "show" else [command])
+    assert str(error.value.code) == f"reroute {command} draws with matplotlib: pip install 'reroute[viz]'"
