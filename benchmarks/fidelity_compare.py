@@ -4,9 +4,9 @@
 Made for issue 18's fidelity check (the bundled model, trained with supervised attention, against
 one trained without it), but it reads any two runs of the same commands:
 
-    python benchmarks/fidelity_compare.py \\
-        --model bundled outputs/demo/results.json docs/analysis/bundled.json \\
-        --model no-attn docs/fidelity/no_attn/results.json docs/analysis/no_attn.json
+    python -m benchmarks.fidelity_compare \\
+        --model bundled outputs/demo/results.json docs/results/analysis/bundled.json \\
+        --model no-attn docs/results/fidelity/no_attn/results.json docs/results/analysis/no_attn.json
 
 Each `--model` is a label, its `reroute demo` results.json, then any `reroute analyze` STEM.json
 files (one per tier). Prints the tables; `--output` also writes them to a file.
