@@ -20,9 +20,11 @@ from reroute.bench import (
     scorer_memory,
     time_prefill,
 )
+from reroute.bench.measure import round_robin
+from reroute.bench.speedups import add_speedups
+from reroute.budgets.cost import decoder_dims
 from reroute.cli import main
 from reroute.config import RoutingConfig
-from reroute.budgets.cost import decoder_dims
 
 TINY_VISUAL = 16  # 8 px images, 2 px patches
 
@@ -128,3 +130,26 @@ def test_scorer_memory_is_linear_in_length_not_quadratic():
     growth = long["length"] / short["length"]
     assert long["scorer_peak_bytes"] < 1.3 * growth * short["scorer_peak_bytes"]  # O(L), not O(L^2)
     assert long["scorer_peak_bytes"] < long["full_matrix_head_mean_bytes"] / 8
+
+
+def test_round_robin_visits_every_item_once_per_round_and_rotates_the_start():
+    rounds = round_robin(["a", "b", "c"], 4)
+    assert [sorted(r) for r in rounds] == [["a", "b", "c"]] * 4
+    assert [r[0] for r in rounds] == ["a", "b", "c", "a"]  # no configuration always runs first (or last)
+    assert rounds[1] == ["b", "c", "a"]
+
+
+def test_speedups_divide_the_vanilla_row_by_each_row():
+    flops = lambda paper, causal: {"paper": paper, "exact_causal": causal}  # noqa: E731
+    rows = [
+        {"method": "fastv", "prefill_ms": 5.0, "decoder_ms": 4.0, "flops": flops(40, 30)},
+        {"method": "vanilla", "prefill_ms": 10.0, "decoder_ms": 8.0, "flops": flops(100, 60)},
+    ]
+    add_speedups(rows)
+    fastv, vanilla = rows
+    assert vanilla["prefill_speedup"] == vanilla["flops_speedup"] == 1.0 and vanilla["overhead"] == 0.0
+    assert fastv["prefill_speedup"] == 2.0 and fastv["decoder_speedup"] == 2.0
+    assert fastv["flops_speedup"] == 2.5 and fastv["flops_speedup_exact_causal"] == 2.0
+    assert fastv["efficiency"] == 2.0 / 2.5 and fastv["decoder_efficiency_exact"] == 1.0
+    assert fastv["overhead"] == -0.5 and fastv["decode_speedup"] is None  # no decode timed in this row
+    assert "prefill_speedup_min" not in fastv  # only rows with best-of-repeats times get those

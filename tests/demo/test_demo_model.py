@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 
-from reroute.demo import modeling, synthetic, train
+from reroute.demo import modeling, synthetic
+from reroute.demo.evaluation import evaluate
+from reroute.demo.training.data import encode_batch
 
 MODEL_DIR = modeling.MODEL_DIR
 
@@ -81,7 +83,7 @@ def test_processor_image_tokens(bundled):
 def test_training_encoding_matches_processor(bundled):
     _, processor = bundled
     s = synthetic.make_dataset(4, seed=2, split="train")
-    batch = train.encode_batch(processor, s)
+    batch = encode_batch(processor, s)
     processor.tokenizer.padding_side = "left"
     for i, x in enumerate(s):
         ref = processor(images=[x.image], text=[modeling.format_prompt(x.question)], return_tensors="pt")
@@ -109,7 +111,7 @@ def test_sdpa_matches_eager(bundled):
 def test_tiny_end_to_end_evaluation(bundled):
     model, processor = bundled
     samples = synthetic.make_dataset(6, seed=0, split="test")
-    preds, metrics = train.evaluate(model, processor, samples, batch_size=4)
+    preds, metrics = evaluate(model, processor, samples, batch_size=4)
     assert len(preds) == 6
     for p, s in zip(preds, samples):
         assert p["question"] == s.question and p["kind"] == s.kind and isinstance(p["prediction"], str)
@@ -121,5 +123,5 @@ def test_tiny_end_to_end_evaluation(bundled):
         v = metrics[key]
         assert math.isnan(v) or 0.0 <= v <= 1.0
     # deterministic: the same call gives the same predictions
-    again, _ = train.evaluate(model, processor, samples, batch_size=3)
+    again, _ = evaluate(model, processor, samples, batch_size=3)
     assert [p["prediction"] for p in again] == [p["prediction"] for p in preds]

@@ -1,21 +1,28 @@
-"""The demo model's training-only machinery: per-patch probe targets and the attention probe."""
+"""The demo model's training-only machinery: per-patch probe targets, the attention probe, the
+description targets, and the seed-to-weights reproducibility of `reroute train-demo-model`."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
 import pytest
 import torch
 
-from reroute.demo import modeling, synthetic, train
+from reroute.demo import modeling, synthetic
+from reroute.demo.training import TrainConfig, train
+from reroute.demo.training.attention import AttentionProbe, attention_targets
+from reroute.demo.training.data import encode_conversations
+from reroute.demo.training.description import description_targets
+from reroute.demo.training.probes import probe_classes, probe_targets
 
 
 @pytest.mark.parametrize("layout", synthetic.LAYOUTS)
 def test_probe_targets_label_every_drawn_patch_with_its_object(layout):
     scenes = [synthetic.random_scene(random.Random(i), layout=layout) for i in range(20)]
-    targets = train.probe_targets(scenes).reshape(len(scenes), synthetic.GRID, synthetic.GRID, -1)
-    background = [n - 1 for n in train._probe_classes().values()]
+    targets = probe_targets(scenes).reshape(len(scenes), synthetic.GRID, synthetic.GRID, -1)
+    background = [n - 1 for n in probe_classes().values()]
     for objects, t in zip(scenes, targets):
         # an independent reading: the patches of the rendered image holding a non-background pixel
         pixels = np.asarray(synthetic.render(objects)).reshape(
@@ -37,14 +44,14 @@ def test_attention_probe_equals_eager_attention_and_leaves_outputs_unchanged():
     model, processor = modeling.build_model(seed=3)
     model.eval()
     convs = [synthetic.make_conversation(0, "train", i, turns=2 + i) for i in range(3)]  # ragged: right padding
-    batch = train.encode_conversations(processor, convs)
+    batch = encode_conversations(processor, convs)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
     plan = (("words", 1, (1,)), ("anchor", 2, (2, 5)), ("target", 0, (5,)))
     with torch.no_grad():
         sdpa = model(**inputs).logits
         model.set_attn_implementation("eager")
         eager = model(**inputs, output_attentions=True)
-        probe = train.AttentionProbe(plan)
+        probe = AttentionProbe(plan)
         probe.install(model)
         probed = model(**inputs).logits
     model.set_attn_implementation("sdpa")
@@ -56,7 +63,7 @@ def test_attention_probe_equals_eager_attention_and_leaves_outputs_unchanged():
             n = int(mask[b].sum())
             assert torch.allclose(probs[b, :n, :n], reference[b, :n, :n], atol=1e-5)
     # the loss is -log of the attention mass on the target keys, row by row, averaged over (target, layer)
-    targets = train.attention_targets(convs, batch, model.config.image_token_id, processor.tokenizer)
+    targets = attention_targets(convs, batch, model.config.image_token_id, processor.tokenizer)
     terms = []
     for name, head, layers in plan:
         rows, positions, key_mask = targets[name]
@@ -79,13 +86,13 @@ def _encoded_conversations(seed: int, count: int):
     """``count`` six-turn training conversations of ``seed``, their batch, the tokenizer and the image token id."""
     tok = modeling.build_tokenizer()
     convs = [synthetic.make_conversation(seed, "train", i, turns=6) for i in range(count)]
-    batch = train.encode_conversations(modeling.build_processor(), convs)
+    batch = encode_conversations(modeling.build_processor(), convs)
     return convs, batch, tok, tok.convert_tokens_to_ids(modeling.IMAGE_TOKEN)
 
 
 def test_attention_targets_follow_the_referring_expression():
     convs, batch, tok, image_token_id = _encoded_conversations(seed=1, count=6)
-    targets = train.attention_targets(convs, batch, image_token_id, tok)
+    targets = attention_targets(convs, batch, image_token_id, tok)
     questions = [s for c in convs for s in c]
     about_one = [s for s in questions if s.target is not None]
     relations = [s for s in questions if s.meta.get("expr", {}).get("type") == "relation"]
@@ -115,7 +122,7 @@ def test_attention_targets_follow_the_referring_expression():
 
 def test_description_targets_name_the_expression_attributes():
     convs, batch, tok, image_token_id = _encoded_conversations(seed=2, count=8)
-    rows, positions, labels = train.description_targets(convs, batch, image_token_id, tok)
+    rows, positions, labels = description_targets(convs, batch, image_token_id, tok)
     colors, shapes = list(synthetic.COLORS), list(synthetic.SHAPES)
     none_color, any_shape, none_shape = len(colors), len(shapes), len(shapes) + 1
 
@@ -152,3 +159,37 @@ def test_a_trained_models_processor_carries_the_demo_chat_template(tmp_path):
         "Is there a red circle?"
     )
     assert saved.chat_template == AutoProcessor.from_pretrained(modeling.MODEL_DIR).chat_template
+
+
+def _train_tiny(output, seed: int = 0) -> dict:
+    """A few steps of both stages (a periodic eval and a checkpoint included), restoring the global
+    torch settings ``train`` changes for reproducibility."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    cfg = TrainConfig(
+        seed=seed, vision_steps=1, vision_batch_size=4, steps=2, batch_size=2, turns=2, threads=1, eval_every=1,
+        eval_samples=2, test_samples=2, checkpoint=True, output=str(output),
+    )  # fmt: skip
+    try:
+        return train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def test_training_is_a_pure_function_of_the_seed(tmp_path):
+    # what `reroute train-demo-model` promises: the same seed (and threads) gives the same weights, bit for bit
+    from safetensors.torch import load_file
+
+    first, second = _train_tiny(tmp_path / "a"), _train_tiny(tmp_path / "b")
+    assert len(first["val_history"]) == 1
+    for key in ("test_metrics", "val_history"):  # as metrics.json writes them (NaN == NaN there)
+        assert json.dumps(first[key]) == json.dumps(second[key]), key
+    for name in ("model.safetensors", "checkpoint/model.safetensors"):
+        a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    # and training moved the weights away from the seed's initialisation
+    modeling.build_model(seed=0)[0].save_pretrained(tmp_path / "init")
+    untrained, trained = load_file(tmp_path / "init" / "model.safetensors"), load_file(tmp_path / "a" / "model.safetensors")
+    assert untrained.keys() == trained.keys()
+    assert not all(torch.equal(trained[k], untrained[k]) for k in trained)

@@ -14,7 +14,7 @@ from tests.helpers.models import llava_batch, llava_prompt, tiny_llava
 import reroute
 from reroute import RoutingConfig
 from reroute.demo import modeling, synthetic
-from reroute.demo.train import _score
+from reroute.demo.evaluation import score_answer
 from reroute.runtime.patching import Patch
 from reroute.eval.lmms import ROUTING_KEYS, RoutingArgs
 from reroute.eval.lmms import demo_task
@@ -257,7 +257,7 @@ def test_demo_task_scores_as_the_demo_does():
         doc = {k: v for k, v in demo_task.doc_of(s, i).items() if k != "image"}
         assert doc["index"] == i and doc["question"] == s.question
         for prediction in (s.answer, f" {s.answer} </s>", wrong_box, "no", "3"):
-            expected = _score(s, prediction)["correct"]
+            expected = score_answer(s, prediction)["correct"]
             assert demo_task.process_results(doc, [prediction]) == {"accuracy": float(expected)}
         assert demo_task.process_results(doc, [s.answer]) == {"accuracy": 1.0}
 

@@ -1,10 +1,11 @@
 """`reroute bench`: prefill/decode latency, memory and throughput of vanilla, remove and reroute, side by side
 with the FLOPs limit (`reroute bench`, benchmarks/bench_latency.py).
 
-The package has four modules: `shapes` (the random-weight models, inputs and
-configurations timed), `measure` (one forward or generate: timers, memory, KV bytes, FLOPs),
-`sections` (latency, execution pairs, scaling, batch; the whole run) and `report` (text,
-JSON, figure). Every public name stays importable from ``reroute.bench``.
+Modules: `shapes` (the random-weight models, inputs and configurations timed), `measure` (one
+forward or generate: timers, memory, KV bytes, FLOPs), one module per section (`latency`,
+`execution` for the stage-wise/per-layer pairs, `scaling`, `batch`), `speedups` (each row against
+vanilla), `targets` (what must hold), `benchmark` (the options and the whole run) and `report`
+(text, JSON, figure). Every public name stays importable from ``reroute.bench``.
 
 What is timed is the user's path: a real ``LlavaForConditionalGeneration`` built from
 transformers' config classes with random weights (nothing is downloaded), routed with
@@ -45,6 +46,10 @@ Methodology:
 
 from __future__ import annotations
 
+from reroute.bench.batch import BATCH_TEXT_LENGTHS, run_batch
+from reroute.bench.benchmark import BenchOptions, run_benchmark
+from reroute.bench.execution import data_movement, run_execution_pairs
+from reroute.bench.latency import run_latency
 from reroute.bench.measure import (
     MiB,
     PrefillTiming,
@@ -57,22 +62,10 @@ from reroute.bench.measure import (
     time_prefill,
     tokens_per_layer,
     tune_malloc,
+    vision_tower_ms,
 )
 from reroute.bench.report import format_report, plot, write_json
-from reroute.bench.sections import (
-    BATCH_TEXT_LENGTHS,
-    BenchOptions,
-    check_targets,
-    data_movement,
-    run_batch,
-    run_benchmark,
-    run_execution_pairs,
-    run_latency,
-    run_scaling,
-    scorer_memory,
-    vision_tower_ms,
-    visual_count,
-)
+from reroute.bench.scaling import run_scaling, scorer_memory
 from reroute.bench.shapes import (
     IMAGE_TOKEN_ID,
     PAD_TOKEN_ID,
@@ -83,8 +76,10 @@ from reroute.bench.shapes import (
     build_model,
     make_inputs,
     shape_of_released,
+    visual_count,
     visual_tokens_per_image,
 )
+from reroute.bench.targets import check_targets
 
 __all__ = [
     "BATCH_TEXT_LENGTHS",

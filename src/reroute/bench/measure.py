@@ -26,7 +26,8 @@ MiB = 2**20
 # --------------------------------------------------------------------------------------
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA), so a timestamp taken next counts them."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -76,11 +77,11 @@ def measure_memory(fn: Callable[[], Any], device: torch.device) -> tuple[Any, in
     """Run ``fn``; return its result, the peak bytes allocated above the level before the call,
     and the bytes still allocated after it (see the module docstring)."""
     if device.type == "cuda":
-        _sync(device)
+        synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         result = fn()
-        _sync(device)
+        synchronize(device)
         return result, torch.cuda.max_memory_allocated(device) - base, torch.cuda.memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
@@ -103,7 +104,7 @@ class _Stamps:
         self.times: list[float] = []
 
     def __call__(self, input_ids, scores):
-        _sync(self.device)
+        synchronize(self.device)
         self.times.append(time.perf_counter())
         return scores
 
@@ -128,16 +129,16 @@ def time_prefill(model, inputs: dict) -> PrefillTiming:
     marks: list[float] = []
 
     def mark(*_):
-        _sync(device)
+        synchronize(device)
         marks.append(time.perf_counter())
 
     text_model = backbone_for(model).text_model(model)
     hooks = [text_model.register_forward_pre_hook(mark), text_model.register_forward_hook(mark)]
     try:
-        _sync(device)
+        synchronize(device)
         cpu, start = time.process_time(), time.perf_counter()
         out = model(**inputs, use_cache=True, logits_to_keep=1)
-        _sync(device)
+        synchronize(device)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         for h in hooks:
@@ -152,7 +153,7 @@ def time_generate(model, inputs: dict, new_tokens: int) -> tuple[float, float]:
 
     device = model.device
     stamps = _Stamps(device)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     model.generate(
         **inputs,
@@ -162,14 +163,15 @@ def time_generate(model, inputs: dict, new_tokens: int) -> tuple[float, float]:
         pad_token_id=PAD_TOKEN_ID,
         logits_processor=LogitsProcessorList([stamps]),
     )
-    _sync(device)
+    synchronize(device)
     t = stamps.times
     decode = (t[-1] - t[0]) / (len(t) - 1) if len(t) > 1 else float("nan")
     return t[0] - start, decode
 
 
-class _Routed:
-    """``with _Routed(model, config) as handle``: apply/restore, or nothing for vanilla."""
+class Routed:
+    """``with Routed(model, config) as handle``: apply/restore around one measurement, or nothing for
+    vanilla (``config=None``; the handle is then None)."""
 
     def __init__(self, model, config: RoutingConfig | None) -> None:
         self.model, self.config, self.handle = model, config, None
@@ -184,14 +186,28 @@ class _Routed:
             self.handle.restore()
 
 
-def _median(values: Sequence[float]) -> float:
+def median(values: Sequence[float]) -> float:
+    """The median of the timed repeats; NaN when there were none."""
     return statistics.median(values) if values else float("nan")
 
 
-def _round_robin(items: Sequence, rounds: int) -> list[list]:
+def round_robin(items: Sequence, rounds: int) -> list[list]:
     """Every round visits every item once; the starting item rotates from round to round."""
     n = len(items)
     return [[items[(r + i) % n] for i in range(n)] for r in range(rounds)]
+
+
+@torch.no_grad()
+def vision_tower_ms(model, inputs: dict, repeats: int = 3) -> float:
+    """Median milliseconds of the vision tower and projector alone (outside the decoder)."""
+    times = []
+    for _ in range(repeats + 1):
+        synchronize(model.device)
+        start = time.perf_counter()
+        model.model.get_image_features(pixel_values=inputs["pixel_values"])
+        synchronize(model.device)
+        times.append(time.perf_counter() - start)
+    return 1e3 * median(times[1:])
 
 
 def tune_malloc() -> bool:

@@ -179,6 +179,11 @@ def make_inputs(
     }
 
 
+def visual_count(model, inputs: dict) -> list[int]:
+    """Visual tokens per sample of a batch."""
+    return (inputs["input_ids"] == model.config.image_token_id).sum(dim=1).tolist()
+
+
 # --------------------------------------------------------------------------------------
 # configurations
 # --------------------------------------------------------------------------------------

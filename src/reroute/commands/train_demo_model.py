@@ -13,7 +13,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from reroute.demo.train import TrainConfig
+    from reroute.demo.training import TrainConfig
 
     d = TrainConfig()
     parser.add_argument("--seed", type=int, default=d.seed, help="model init and data stream seed (default %(default)s)")
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     from pathlib import Path
 
-    from reroute.demo.train import TrainConfig, setup_logging, train
+    from reroute.demo.training import TrainConfig, setup_logging, train
 
     cfg = TrainConfig(
         seed=args.seed,

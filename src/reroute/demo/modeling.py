@@ -45,7 +45,7 @@ TEXT = dict(
 
 # Input word embeddings start at unit scale: at the usual 0.02 a word's identity is a few percent
 # of the residual stream once the first layer has written to it (measured: norm 0.6 against 21).
-# One of the three changes (with train.DescriptionProbes and RMS-normalised patch probes) after
+# One of the three changes (with training.description.DescriptionProbes and RMS-normalised patch probes) after
 # which the answer position learned which object the question names.
 EMBED_INIT_STD = 1.0
 

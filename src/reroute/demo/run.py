@@ -23,7 +23,7 @@ import reroute
 from reroute import RoutingConfig
 from reroute.budgets import REFERENCE_NUM_VISUAL
 from reroute.demo import modeling, synthetic
-from reroute.demo.train import _score, generate_answers, summarize
+from reroute.demo.evaluation import generate_answers, score_answer, summarize
 
 PAPER_TIERS = (192, 128, 64)
 METHODS = ("fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop", "nuwa", "nuwa_reroute")
@@ -109,7 +109,7 @@ def evaluate_config(model, processor, samples, config: RoutingConfig | None, bat
         for start in range(0, len(samples), batch_size):
             batch = samples[start : start + batch_size]
             texts = generate_answers(model, processor, [s.image for s in batch], [s.question for s in batch], len(batch))
-            predictions += [_score(s, t) for s, t in zip(batch, texts)]
+            predictions += [score_answer(s, t) for s, t in zip(batch, texts)]
             if handle is not None:
                 avg_ts += [s.avg_T for s in handle.trace.samples]
             if progress is not None:

@@ -27,7 +27,7 @@ from reroute.demo import synthetic
 TASK_NAME = "reroute_demo"
 #: the held-out stream `reroute demo` evaluates (reroute.demo.run.EVAL_SEED / EVAL_SPLIT)
 SEED, SPLIT = 2026, "test"
-#: the demo's own generation length (reroute.demo.train.generate_answers)
+#: the demo's own generation length (reroute.demo.evaluation.generate_answers)
 MAX_NEW_TOKENS = 12
 
 _YAML = f"""\
