@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from reroute.budgets import preset_names
+from reroute.commands.extras import require_extra
 from reroute.errors import UserError
 from reroute.eval.task import MODEL_FAMILIES
 
@@ -49,7 +49,6 @@ several GPUs or nodes (samples are split by stride; results equal a one-process 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    one_line_errors(parser)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("--model", required=True, help="Hugging Face Hub id or local folder of a saved model")
@@ -73,16 +72,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="model dtype (default: the checkpoint's)")
     parser.add_argument("--device", default=None, help="torch device (default: accelerate's, else cuda if present, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def one_line_errors(parser: argparse.ArgumentParser) -> None:
-    """Make ``parser`` report a bad command line as one line (argparse prints the usage first)."""
-
-    def error(message: str) -> None:
-        print(f"{parser.prog}: error: {message} (see {parser.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-    parser.error = error  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------------- checks
@@ -255,6 +244,7 @@ def one_line(error: BaseException) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("eval", "reading the benchmark files")
     from reroute.eval.runner import EvalRun, evaluate
     from reroute.eval.shard import current_shard
 
@@ -275,9 +265,8 @@ def run(args: argparse.Namespace) -> int:
         from reroute.eval.runner import check_run_dir
 
         check_run_dir(eval_run, Path(args.output) / eval_run.name)
-    except (UserError, ValueError, TypeError, FileNotFoundError) as error:
-        print(f"reroute eval: error: {one_line(error)}", file=sys.stderr)
-        return 2
+    except (ValueError, TypeError, FileNotFoundError) as error:  # from the model, the tasks or apply()'s checks
+        raise UserError(one_line(error)) from None
     summary = evaluate(model, processor, tasks, eval_run, args.output, shard=shard, progress=not args.no_progress)
     if summary is not None:
         from reroute.eval.runner import format_summary
