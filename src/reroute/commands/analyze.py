@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reroute.commands.common import PRESET_NAMES
+from reroute.commands.common import PRESET_NAMES, check_paper_tier
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
 
@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if args.task is not None:
         require_extra("eval", "--task")
     names = _presets(args.presets)
+    check_paper_tier(args.ratios, args.tier)
     if args.num_samples < 1 or args.batch_size < 1:
         raise UserError("--num-samples and --batch-size must be >= 1")
     if args.task is None:

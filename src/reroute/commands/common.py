@@ -61,3 +61,11 @@ def load_vlm(model_id: str | None):
         raise UserError(f"--model {path}: cannot load it ({str(error).splitlines()[0]})") from None
     return model.to(device).eval(), processor
 
+
+def check_paper_tier(ratios: str, tier: float) -> None:
+    """``--ratios paper`` exists only at the paper's tiers: refuse any other before a model loads."""
+    from reroute.budgets import PAPER_TIERS
+
+    if ratios == "paper" and tier not in PAPER_TIERS:
+        tiers = ", ".join(str(t) for t in PAPER_TIERS)
+        raise UserError(f"--ratios paper has published ratios for tiers {tiers} only, got --tier {tier:g}; use --ratios solved")

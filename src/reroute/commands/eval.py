@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reroute.budgets import preset_names
+from reroute.commands.common import check_paper_tier
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
 from reroute.eval.task import MODEL_FAMILIES
@@ -140,11 +141,7 @@ def check_method(args: argparse.Namespace) -> None:
         raise UserError(f"--preset {args.preset} needs --tier (the paper's tiers are 192, 128, 64)")
     if not args.tier > 0:
         raise UserError(f"--tier must be > 0, got {args.tier:g}")
-    from reroute.budgets import PAPER_TIERS
-
-    if args.ratios == "paper" and args.tier not in PAPER_TIERS:
-        tiers = ", ".join(str(t) for t in PAPER_TIERS)
-        raise UserError(f"--ratios paper has published ratios for tiers {tiers} only, got --tier {args.tier:g}; use --ratios solved")
+    check_paper_tier(args.ratios, args.tier)
 
 
 def resolve_dtype(name: str) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from reroute.commands.common import (
     PRESET_NAMES,
+    check_paper_tier,
     config_file_pair,
     load_vlm,
     parse_box,
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         images.append(Image.open(path).convert("RGB"))
     box = parse_box(args.box)
     pair = config_file_pair(args.config) if args.config else None
+    if pair is None:
+        check_paper_tier(args.ratios, args.tier)
     if args.threads:
         torch.set_num_threads(args.threads)
 
