@@ -1,4 +1,13 @@
-"""`reroute` on the command line: one subcommand per module under `reroute.commands`."""
+"""`reroute` on the command line: one subcommand per module under `reroute.commands`.
+
+Every bad input, whichever command and whichever layer finds it, is answered here in one place:
+one line on stderr and exit status 2, no usage block and no traceback. Two kinds:
+
+- argparse's own (bad choice, bad type, missing or unknown argument):
+  ``reroute eval: error: argument --preset: invalid choice: ... (see reroute eval --help)``
+- a `reroute.errors.UserError` (or an OSError on a path the user gave) raised by a command:
+  ``reroute eval: --tier must be > 0, got -1``
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from reroute.errors import UserError
 
@@ -23,12 +33,29 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class CommandLineError(Exception):
+    """argparse's complaint about the command line, with the parser (``reroute`` or ``reroute CMD``) it came from."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, except that a bad command line raises `CommandLineError` (for `main` to
+    report in one line) instead of printing the usage block and exiting. Subparsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CommandLineError(self.prog, message)
+
+
 def _module(name: str):
     return importlib.import_module(f"reroute.commands.{name.replace('-', '_')}")
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reroute", description="Visual-token routing for vision-language models.")
+    parser = _Parser(prog="reroute", description="Visual-token routing for vision-language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Only the chosen subcommand's module is imported.
     chosen = next((a for a in argv if not a.startswith("-")), None)
@@ -39,12 +66,24 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The parsed command line; `CommandLineError` for anything argparse refuses."""
+    args, unknown = build_parser(argv).parse_known_args(argv)
+    if unknown:  # reported by the subcommand's parser, so the line names the command
+        prog = "reroute" if args.command is None else f"reroute {args.command}"
+        raise CommandLineError(prog, f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parse(argv)
+    except CommandLineError as error:
+        print(f"{error.prog}: error: {_one_line(error.message)} (see {error.prog} --help)", file=sys.stderr)
+        return 2
     if args.command is None:
-        parser.print_help()
+        build_parser(argv).print_help()
         return 2
     try:
         return int(_module(args.command).run(args) or 0)
@@ -57,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _one_line(error: BaseException) -> str:
+def _one_line(error: BaseException | str) -> str:
     text = str(error) or type(error).__name__
     return " ".join(text.split())
 

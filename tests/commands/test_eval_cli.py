@@ -33,15 +33,15 @@ def eval_args(data_dir, output, *extra):
 
 
 ERRORS = [
-    (["--model", "/no/such/model"], "reroute eval: error: --model /no/such/model: no such folder (and not a Hub id like org/name)"),
+    (["--model", "/no/such/model"], "reroute eval: --model /no/such/model: no such folder (and not a Hub id like org/name)"),
     (["--tasks", "refcoco_val,nope"], None),  # H1's message, checked as one line naming the task
-    (["--preset", "fastv"], "reroute eval: error: --preset fastv needs --tier (the paper's tiers are 192, 128, 64)"),
-    (["--tier", "64"], "reroute eval: error: --tier applies to routed presets; drop it with --preset vanilla"),
+    (["--preset", "fastv"], "reroute eval: --preset fastv needs --tier (the paper's tiers are 192, 128, 64)"),
+    (["--tier", "64"], "reroute eval: --tier applies to routed presets; drop it with --preset vanilla"),
     (["--preset", "fastv", "--tier", "100", "--ratios", "paper"],
-     "reroute eval: error: --ratios paper has published ratios for tiers 192, 128, 64 only, got --tier 100; use --ratios solved"),
-    (["--preset", "fastv", "--tier", "-1"], "reroute eval: error: --tier must be > 0, got -1"),
-    (["--batch-size", "0"], "reroute eval: error: --batch-size must be >= 1, got 0"),
-    (["--limit", "0"], "reroute eval: error: --limit must be >= 1, got 0"),
+     "reroute eval: --ratios paper has published ratios for tiers 192, 128, 64 only, got --tier 100; use --ratios solved"),
+    (["--preset", "fastv", "--tier", "-1"], "reroute eval: --tier must be > 0, got -1"),
+    (["--batch-size", "0"], "reroute eval: --batch-size must be >= 1, got 0"),
+    (["--limit", "0"], "reroute eval: --limit must be >= 1, got 0"),
 ]
 
 
@@ -53,7 +53,7 @@ def test_user_errors_are_one_line(data_dir, tmp_path, capsys, extra, message):
     assert main(args) == 2
     err = capsys.readouterr().err
     if message is None:
-        assert err.startswith("reroute eval: error: unknown task 'nope'; valid tasks: refcoco_val,")
+        assert err.startswith("reroute eval: unknown task 'nope'; valid tasks: refcoco_val,")
     else:
         assert err == message + "\n"
     assert err.count("\n") == 1
@@ -65,21 +65,44 @@ def test_missing_data_file_and_missing_folder(data_dir, tmp_path, capsys):
     empty.mkdir()
     assert main(eval_args(empty, tmp_path / "out", "--tasks", "pope")) == 2
     err = capsys.readouterr().err
-    assert err.startswith("reroute eval: error: no 'test' split of lmms-lab/POPE under ") and err.count("\n") == 1
+    assert err.startswith("reroute eval: no 'test' split of lmms-lab/POPE under ") and err.count("\n") == 1
     assert main(eval_args(tmp_path / "nowhere", tmp_path / "out")) == 2
     assert capsys.readouterr().err == (
-        f"reroute eval: error: --data-dir {tmp_path / 'nowhere'}: no such folder; point it at the folder holding the benchmark files\n"
+        f"reroute eval: --data-dir {tmp_path / 'nowhere'}: no such folder; point it at the folder holding the benchmark files\n"
     )
 
 
 def test_bad_choice_is_one_line(data_dir, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(eval_args(data_dir, tmp_path, "--preset", "fastvv", "--tier", "64"))
-    assert exit_info.value.code == 2
+    assert main(eval_args(data_dir, tmp_path, "--preset", "fastvv", "--tier", "64")) == 2
     assert capsys.readouterr().err == (
         "reroute eval: error: argument --preset: invalid choice: 'fastvv' (choose from 'vanilla', 'fastv', 'pdrop', "
         "'reroute_vs_fastv', 'reroute_vs_pdrop', 'nuwa', 'nuwa_reroute') (see reroute eval --help)\n"
     )
+
+
+def test_paper_table_user_error_is_one_line(data_dir, tmp_path, capsys):
+    base = ["paper-table", "--model", str(MODEL_DIR), "--data-dir", str(data_dir), "--output", str(tmp_path)]
+    assert main([*base, "--batch-size", "0"]) == 2
+    assert capsys.readouterr().err == "reroute paper-table: --batch-size must be >= 1, got 0\n"
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("missing", ["datasets", "pyarrow"])
+@pytest.mark.parametrize("command", ["eval", "paper-table"])
+def test_a_missing_eval_extra_is_one_line_before_any_work(command, missing, data_dir, tmp_path, monkeypatch, capsys):
+    import reroute.commands.eval as eval_command
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model loaded before the extra was checked")
+
+    monkeypatch.setattr(eval_command, "load_model", no_loading)
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed: find_spec and import both fail
+    assert main([command, "--model", str(MODEL_DIR), "--data-dir", str(data_dir), "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"reroute {command}: reading the benchmark files needs the 'eval' extra (missing: {missing}): "
+        "pip install 'reroute[eval]'\n"
+    )
+    assert not any(tmp_path.iterdir())
 
 
 def test_config_file_errors(data_dir, tmp_path, capsys):
@@ -87,28 +110,28 @@ def test_config_file_errors(data_dir, tmp_path, capsys):
     bad.write_text(json.dumps({"action": "reroute", "decision_layers": [2], "keep_ratios": [1.5]}))
     assert main(eval_args(data_dir, tmp_path, "--config", str(bad))) == 2
     assert capsys.readouterr().err == (
-        f"reroute eval: error: --config {bad}: keep ratio 1.5 is outside (0, 1]: each keep ratio must be > 0 and <= 1\n"
+        f"reroute eval: --config {bad}: keep ratio 1.5 is outside (0, 1]: each keep ratio must be > 0 and <= 1\n"
     )
     bad.write_text(json.dumps({"action": "remove", "decision_layers": [20], "keep_ratios": [0.5]}))
     assert main(eval_args(data_dir, tmp_path, "--config", str(bad))) == 2
     assert capsys.readouterr().err == (
-        "reroute eval: error: decision layer 20 is outside the decoder: LlamaModel has 12 layers "
+        "reroute eval: decision layer 20 is outside the decoder: LlamaModel has 12 layers "
         "(valid decision layers are 1..11)\n"
     )
     bad.write_text(json.dumps({"action": "remove", "decision_layer": [2], "keep_ratios": [0.5]}))
     assert main(eval_args(data_dir, tmp_path, "--config", str(bad))) == 2
     assert capsys.readouterr().err == (
-        f"reroute eval: error: --config {bad}: RoutingConfig has no field 'decision_layer': use action, "
+        f"reroute eval: --config {bad}: RoutingConfig has no field 'decision_layer': use action, "
         "decision_layers, execution, keep_ratios, scorer, vision_params, vision_stage\n"
     )
     assert main(eval_args(data_dir, tmp_path, "--config", str(tmp_path / "none.json"))) == 2
-    assert capsys.readouterr().err == f"reroute eval: error: --config {tmp_path / 'none.json'}: no such file\n"
+    assert capsys.readouterr().err == f"reroute eval: --config {tmp_path / 'none.json'}: no such file\n"
     bad.write_text("{")
     assert main(eval_args(data_dir, tmp_path, "--config", str(bad))) == 2
-    assert capsys.readouterr().err.startswith(f"reroute eval: error: --config {bad} is not valid JSON")
+    assert capsys.readouterr().err.startswith(f"reroute eval: --config {bad} is not valid JSON")
     assert main(eval_args(data_dir, tmp_path, "--config", str(bad), "--preset", "fastv")) == 2
     assert capsys.readouterr().err == (
-        "reroute eval: error: --config replaces --preset and --tier: give either --config or --preset/--tier\n"
+        "reroute eval: --config replaces --preset and --tier: give either --config or --preset/--tier\n"
     )
 
 

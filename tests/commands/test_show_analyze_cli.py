@@ -78,30 +78,33 @@ def test_analyze_writes_table_json_and_plots(model_dir, tmp_path):
         (["analyze", "--model-dir", "no_model_here"], "--model-dir no_model_here: no saved demo model there (config.json missing)"),
     ],
 )
-def test_user_errors_are_one_line(args, message, image_file):
+def test_user_errors_are_one_line(args, message, image_file, capsys):
     args = [str(image_file[0]) if a == "IMG" else a for a in args]
-    with pytest.raises(SystemExit) as error:
-        main(args)
-    assert str(error.value.code) == message
+    assert main(args) == 2
+    assert capsys.readouterr().err == f"reroute {args[0]}: {message}\n"
 
 
-def test_a_bad_config_file_is_one_line(image_file, tmp_path):
+def test_a_bad_config_file_is_one_line(image_file, tmp_path, capsys):
     config = tmp_path / "routing.json"
     config.write_text(json.dumps({"action": "remove", "decision_layers": [2, 5], "keep_ratios": [0.2, 0.3]}))
-    with pytest.raises(SystemExit) as error:
-        main(["show", "--image", str(image_file[0]), "--prompt", "x", "--config", str(config)])
-    assert str(error.value.code) == (
-        f"--config {config}: keep_ratios grow from 0.2 to 0.3 at decision layer 5: removed tokens cannot come back; "
-        "make the ratios non-increasing or use action='reroute'"
+    assert main(["show", "--image", str(image_file[0]), "--prompt", "x", "--config", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        f"reroute show: --config {config}: keep_ratios grow from 0.2 to 0.3 at decision layer 5: removed tokens "
+        "cannot come back; make the ratios non-increasing or use action='reroute'\n"
     )
 
 
-def test_a_tier_without_published_ratios_is_one_line(model_dir):
-    with pytest.raises(SystemExit) as error:
-        main(["analyze", "--model-dir", str(model_dir), "--tier", "100", "--ratios", "paper", "--num-samples", "1"])
-    assert str(error.value.code) == (
-        "preset pdrop at paper tier 100: ratios='paper' has no published set for tier 100.0: the paper publishes tiers "
-        "192, 128, 64; use ratios='solved' for other tiers"
+@pytest.mark.parametrize("command", ["show", "analyze"])
+def test_a_tier_without_published_ratios_is_one_line_before_loading(command, model_dir, image_file, capsys):
+    args = ["--tier", "100", "--ratios", "paper"]
+    if command == "show":
+        args += ["--model", str(model_dir), "--image", str(image_file[0]), "--prompt", "x"]
+    else:
+        args += ["--model-dir", str(model_dir), "--num-samples", "1"]
+    assert main([command, *args]) == 2
+    assert capsys.readouterr().err == (  # nothing else on stderr: no model (and no loading bar) before the check
+        f"reroute {command}: --ratios paper has published ratios for tiers 192, 128, 64 only, got --tier 100; "
+        "use --ratios solved\n"
     )
 
 
@@ -154,17 +157,35 @@ def test_analyze_over_an_evaluation_task_equals_the_same_samples_from_the_demo_s
     assert saved["rows"] == json.loads(json.dumps([r.__dict__ for r in rows]))
 
 
-def test_analyze_task_needs_a_data_dir():
-    with pytest.raises(SystemExit) as error:
-        main(["analyze", "--task", "refcoco_val"])
-    assert str(error.value.code) == "--task refcoco_val: give --data-dir, the folder with the task's files"
+def test_analyze_task_needs_a_data_dir(capsys):
+    assert main(["analyze", "--task", "refcoco_val"]) == 2
+    assert capsys.readouterr().err == "reroute analyze: --task refcoco_val: give --data-dir, the folder with the task's files\n"
 
 
 @pytest.mark.parametrize("command", ["show", "analyze"])
-def test_missing_matplotlib_is_one_line(command, monkeypatch):
+def test_missing_matplotlib_is_one_line_before_any_work(command, monkeypatch, capsys):
     import sys
 
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
-    with pytest.raises(SystemExit) as error:
-        main([command, "--image", "x.png", "--prompt", "x"] if command == "show" else [command])
-    assert str(error.value.code) == f"reroute {command} draws with matplotlib: pip install 'reroute[viz]'"
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model loaded before the extra was checked")
+
+    # what each command calls first to load a model
+    monkeypatch.setattr("reroute.commands.show.load_vlm" if command == "show" else "reroute.demo.analyze.analyze_demo",
+                        no_loading)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: find_spec and import both fail
+    assert main([command, "--image", "x.png", "--prompt", "x"] if command == "show" else [command]) == 2
+    what = "the figure" if command == "show" else "the plots"
+    assert capsys.readouterr().err == (
+        f"reroute {command}: drawing {what} needs the 'viz' extra (missing: matplotlib): pip install 'reroute[viz]'\n"
+    )
+
+
+@pytest.mark.parametrize("missing", ["datasets", "pyarrow"])
+def test_analyze_task_without_the_eval_extra_is_one_line(missing, monkeypatch, capsys, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, missing, None)
+    assert main(["analyze", "--task", "refcoco_val", "--data-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"reroute analyze: --task needs the 'eval' extra (missing: {missing}): pip install 'reroute[eval]'\n"
+    )

@@ -1,12 +1,15 @@
-"""`reroute demo` end to end on a few samples: a well-formed table, JSON, markdown and figure."""
+"""`reroute demo` end to end on a few samples: a well-formed table, JSON, markdown and figure; on a base
+install (no matplotlib) the same results and table, then one line on how to get the figure."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
 from reroute.budgets import avg_t
+from reroute.cli import main
 from reroute.demo.run import METHODS, PAPER_TIERS, format_table, reroute_vs_remove, run_demo, wilson
 
 
@@ -35,3 +38,25 @@ def test_wilson_interval():
     assert interval.value == 0.8
     assert interval.low == pytest.approx(0.4902, abs=1e-4) and interval.high == pytest.approx(0.9433, abs=1e-4)
     assert wilson(0, 5).low == 0.0 and wilson(5, 5).high == 1.0
+
+
+@pytest.mark.parametrize("matplotlib", ["installed", "missing"])
+def test_demo_command_prints_its_table_before_the_figure(matplotlib, model_dir, tmp_path, monkeypatch, capsys):
+    """Results and table first; the figure when matplotlib is there, else one line on how to get it, and exit 0."""
+    if matplotlib == "missing":
+        monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: find_spec and import both fail
+    out = tmp_path / "demo"
+    code = main(["demo", "--model-dir", str(model_dir), "--num-samples", "3", "--batch-size", "3", "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    table = (out / "results.md").read_text().strip()
+    assert len(json.loads((out / "results.json").read_text())["rows"]) == 1 + len(METHODS) * len(PAPER_TIERS)
+    hint = "no decisions.png: the figure needs the 'viz' extra (missing: matplotlib): pip install 'reroute[viz]'"
+    if matplotlib == "missing":
+        assert not (out / "decisions.png").exists()
+        assert printed.count(hint) == 1 and table in printed
+        assert printed.index(table) < printed.index(hint) < printed.index(f"wrote {out}/results.json, results.md\n")
+    else:
+        assert (out / "decisions.png").stat().st_size > 10_000
+        assert hint not in printed and table in printed
+        assert printed.index(table) < printed.index(f"wrote {out}/results.json, results.md, decisions.png\n")

@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reroute.commands.common import PRESET_NAMES, require_matplotlib
+from reroute.commands.common import PRESET_NAMES, check_paper_tier
+from reroute.commands.extras import require_extra
+from reroute.errors import UserError
 
 DEFAULT_PRESETS = ("pdrop", "reroute_vs_pdrop", "fastv", "reroute_vs_fastv")
 
@@ -44,19 +46,17 @@ def _presets(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in PRESET_NAMES]
     if not names or unknown:
-        raise SystemExit(f"--presets {text!r}: use names from {', '.join(PRESET_NAMES)}, comma-separated")
+        raise UserError(f"--presets {text!r}: use names from {', '.join(PRESET_NAMES)}, comma-separated")
     return names
 
 
 def _get_task(name: str):
-    try:
-        from reroute.eval.tasks import get_task
-    except ImportError:
-        raise SystemExit("--task needs the evaluation tasks (reroute.eval.tasks), which this install lacks") from None
+    from reroute.eval.tasks import get_task  # the 'eval' extra, checked at the start of run()
+
     try:
         return get_task(name)
     except KeyError as error:
-        raise SystemExit(str(error)) from None
+        raise UserError(str(error)) from None
 
 
 def analyze_task(args, names: list[str]):
@@ -66,7 +66,7 @@ def analyze_task(args, names: list[str]):
     from reroute.viz.collect import analyze_items, count_visual, model_family, task_items
 
     if args.data_dir is None:
-        raise SystemExit(f"--task {args.task}: give --data-dir, the folder with the task's files")
+        raise UserError(f"--task {args.task}: give --data-dir, the folder with the task's files")
     task = _get_task(args.task)
     model, processor = load_vlm(args.model or args.model_dir)
     try:
@@ -78,7 +78,7 @@ def analyze_task(args, names: list[str]):
         configs = preset_configs(names, args.tier, model, num_visual, args.ratios)
         rows, summaries = analyze_items(model, processor, items, configs, args.batch_size)
     except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(str(error).splitlines()[0]) from None
+        raise UserError(str(error).splitlines()[0]) from None
     meta = {
         "model": args.model or args.model_dir or "bundled demo model",
         "dataset": f"task {task.name} from {args.data_dir}",
@@ -99,14 +99,17 @@ def run(args: argparse.Namespace) -> int:
 
     from reroute.demo.modeling import MODEL_DIR
 
-    require_matplotlib("analyze")
+    require_extra("viz", "drawing the plots")
+    if args.task is not None:
+        require_extra("eval", "--task")
     names = _presets(args.presets)
+    check_paper_tier(args.ratios, args.tier)
     if args.num_samples < 1 or args.batch_size < 1:
-        raise SystemExit("--num-samples and --batch-size must be >= 1")
+        raise UserError("--num-samples and --batch-size must be >= 1")
     if args.task is None:
         model_dir = Path(args.model_dir) if args.model_dir else MODEL_DIR
         if not (model_dir / "config.json").is_file():
-            raise SystemExit(f"--model-dir {model_dir}: no saved demo model there (config.json missing)")
+            raise UserError(f"--model-dir {model_dir}: no saved demo model there (config.json missing)")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -120,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             rows, summaries, meta = analyze_demo(model_dir, names, args.tier, args.num_samples, args.batch_size, args.ratios)
         except ValueError as error:
-            raise SystemExit(str(error)) from None
+            raise UserError(str(error)) from None
     stem = Path(args.output)
     stem.parent.mkdir(parents=True, exist_ok=True)
     table = format_analysis(rows) + "\n\n" + format_summaries(summaries)

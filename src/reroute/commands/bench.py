@@ -75,8 +75,11 @@ def _check(args: argparse.Namespace) -> None:
 
     import torch
 
+    from reroute.commands.extras import require_extra
     from reroute.errors import UserError
 
+    if args.plot is not None:
+        require_extra("viz", "--plot")
     unknown = set(s for s in args.sections.split(",") if s) - {"latency", "scaling", "batch"}
     if unknown:
         raise UserError(f"unknown section(s) {sorted(unknown)}: use any of latency,scaling,batch")

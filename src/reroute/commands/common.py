@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from reroute.config import RoutingConfig
+from reroute.errors import UserError
 from reroute.budgets.pairs import PRESET_NAMES, remove_and_reroute  # noqa: F401 - re-exported for the commands
 
 
@@ -15,12 +16,12 @@ def config_file_pair(path: str) -> dict[str, RoutingConfig]:
     other action (same per-layer counts, so the same budget), when that action allows it."""
     file = Path(path)
     if not file.is_file():
-        raise SystemExit(f"--config {path}: no such file; give a JSON file with RoutingConfig fields")
+        raise UserError(f"--config {path}: no such file; give a JSON file with RoutingConfig fields")
     try:
         fields = json.loads(file.read_text())
         config = RoutingConfig(**fields)
     except (json.JSONDecodeError, TypeError, ValueError) as error:
-        raise SystemExit(f"--config {path}: {str(error).splitlines()[0]}") from None
+        raise UserError(f"--config {path}: {str(error).splitlines()[0]}") from None
     other = "remove" if config.action == "reroute" else "reroute"
     try:
         twin = dataclasses.replace(config, action=other, execution="stagewise")
@@ -39,7 +40,7 @@ def parse_box(text: str | None) -> tuple[float, float, float, float] | None:
     except ValueError:
         values = ()
     if len(values) != 4 or values[2] <= values[0] or values[3] <= values[1]:
-        raise SystemExit(f"--box {text!r}: give x1,y1,x2,y2 with x2 > x1 and y2 > y1 (pixels, or 0-1 fractions)")
+        raise UserError(f"--box {text!r}: give x1,y1,x2,y2 with x2 > x1 and y2 > y1 (pixels, or 0-1 fractions)")
     return values  # type: ignore[return-value]
 
 
@@ -57,13 +58,14 @@ def load_vlm(model_id: str | None):
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32 if device == "cpu" else "auto")
         processor = AutoProcessor.from_pretrained(path)
     except (OSError, ValueError) as error:
-        raise SystemExit(f"--model {path}: cannot load it ({str(error).splitlines()[0]})") from None
+        raise UserError(f"--model {path}: cannot load it ({str(error).splitlines()[0]})") from None
     return model.to(device).eval(), processor
 
 
-def require_matplotlib(command: str) -> None:
-    """One-line error before any work when the optional plotting dependency is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise SystemExit(f"reroute {command} draws with matplotlib: pip install 'reroute[viz]'") from None
+def check_paper_tier(ratios: str, tier: float) -> None:
+    """``--ratios paper`` exists only at the paper's tiers: refuse any other before a model loads."""
+    from reroute.budgets import PAPER_TIERS
+
+    if ratios == "paper" and tier not in PAPER_TIERS:
+        tiers = ", ".join(str(t) for t in PAPER_TIERS)
+        raise UserError(f"--ratios paper has published ratios for tiers {tiers} only, got --tier {tier:g}; use --ratios solved")

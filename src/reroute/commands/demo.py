@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--model-dir", default=None, help="a saved demo model (default: the bundled one)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--no-figure", action="store_true", help="skip the decisions figure (no matplotlib needed)")
+    parser.add_argument("--no-figure", action="store_true",
+                        help="skip the decisions figure (drawn only when matplotlib, the 'viz' extra, is installed)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,18 +46,30 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
 
-    from reroute.demo.run import format_table, reroute_vs_remove, run_demo
+    from reroute.commands.extras import install_hint, missing_modules
+    from reroute.demo.run import evaluate_demo, format_table, reroute_vs_remove, write_figure, write_results
 
     if args.threads:
         torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    rows = run_demo(model_dir, args.num_samples, args.batch_size, args.output, figure=not args.no_figure)
+    demo = evaluate_demo(model_dir, args.num_samples, args.batch_size)
+    # The results first, the figure last: a missing or failing matplotlib loses none of the evaluation.
+    write_results(demo, args.output)
     print()
-    print(format_table(rows))
+    print(format_table(demo.rows))
     print()
     print("grounding Acc@0.5, reroute minus remove at the same budget:")
-    print("\n".join(f"  {line}" for line in reroute_vs_remove(rows)))
-    print(f"\nwrote {args.output}/results.json, results.md" + ("" if args.no_figure else ", decisions.png"))
+    print("\n".join(f"  {line}" for line in reroute_vs_remove(demo.rows)))
+    written = [f"{args.output}/results.json", "results.md"]
+    if not args.no_figure:
+        missing = missing_modules("viz")
+        if missing:
+            print(f"\nno decisions.png: the figure needs the 'viz' extra (missing: {', '.join(missing)}): "
+                  f"{install_hint('viz')}")
+        else:
+            write_figure(demo, Path(args.output) / "decisions.png")
+            written.append("decisions.png")
+    print(f"\nwrote {', '.join(written)}")
     print(f"{time.perf_counter() - start:.0f} s")
     return 0

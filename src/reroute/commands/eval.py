@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from reroute.budgets import preset_names
+from reroute.commands.common import check_paper_tier
+from reroute.commands.extras import require_extra
 from reroute.errors import UserError
 from reroute.eval.task import MODEL_FAMILIES
 
@@ -49,7 +50,6 @@ several GPUs or nodes (samples are split by stride; results equal a one-process 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    one_line_errors(parser)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("--model", required=True, help="Hugging Face Hub id or local folder of a saved model")
@@ -73,16 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="model dtype (default: the checkpoint's)")
     parser.add_argument("--device", default=None, help="torch device (default: accelerate's, else cuda if present, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def one_line_errors(parser: argparse.ArgumentParser) -> None:
-    """Make ``parser`` report a bad command line as one line (argparse prints the usage first)."""
-
-    def error(message: str) -> None:
-        print(f"{parser.prog}: error: {message} (see {parser.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-    parser.error = error  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------------- checks
@@ -151,11 +141,7 @@ def check_method(args: argparse.Namespace) -> None:
         raise UserError(f"--preset {args.preset} needs --tier (the paper's tiers are 192, 128, 64)")
     if not args.tier > 0:
         raise UserError(f"--tier must be > 0, got {args.tier:g}")
-    from reroute.budgets import PAPER_TIERS
-
-    if args.ratios == "paper" and args.tier not in PAPER_TIERS:
-        tiers = ", ".join(str(t) for t in PAPER_TIERS)
-        raise UserError(f"--ratios paper has published ratios for tiers {tiers} only, got --tier {args.tier:g}; use --ratios solved")
+    check_paper_tier(args.ratios, args.tier)
 
 
 def resolve_dtype(name: str) -> Any:
@@ -255,6 +241,7 @@ def one_line(error: BaseException) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("eval", "reading the benchmark files")
     from reroute.eval.runner import EvalRun, evaluate
     from reroute.eval.shard import current_shard
 
@@ -275,9 +262,8 @@ def run(args: argparse.Namespace) -> int:
         from reroute.eval.runner import check_run_dir
 
         check_run_dir(eval_run, Path(args.output) / eval_run.name)
-    except (UserError, ValueError, TypeError, FileNotFoundError) as error:
-        print(f"reroute eval: error: {one_line(error)}", file=sys.stderr)
-        return 2
+    except (ValueError, TypeError, FileNotFoundError) as error:  # from the model, the tasks or apply()'s checks
+        raise UserError(one_line(error)) from None
     summary = evaluate(model, processor, tasks, eval_run, args.output, shard=shard, progress=not args.no_progress)
     if summary is not None:
         from reroute.eval.runner import format_summary

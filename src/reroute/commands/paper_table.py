@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
 from reroute.commands import eval as eval_command
+from reroute.commands.extras import require_extra
 from reroute.errors import UserError
 
 #: the methods of the table, in row order
@@ -27,7 +27,6 @@ TABLE_TIERS: tuple[int, ...] = (192, 128, 64)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    eval_command.one_line_errors(parser)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = eval_command.EPILOG
     parser.add_argument("--model", required=True, help="Hugging Face Hub id or local folder of a saved model")
@@ -102,6 +101,7 @@ def table_row(method: str, tier: int | None, summary: dict[str, Any], task_names
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("eval", "reading the benchmark files")
     from reroute.eval.runner import EvalRun, check_run_dir, evaluate
     from reroute.eval.shard import current_shard
 
@@ -118,9 +118,8 @@ def run(args: argparse.Namespace) -> int:
             eval_run = EvalRun(name, config, args.model, family, args.rec_frame, args.batch_size, labels)
             check_run_dir(eval_run, Path(args.output) / name)
             plan.append((method, tier, eval_run))
-    except (UserError, ValueError, TypeError, FileNotFoundError) as error:
-        print(f"reroute paper-table: error: {eval_command.one_line(error)}", file=sys.stderr)
-        return 2
+    except (ValueError, TypeError, FileNotFoundError) as error:  # from the model, the tasks or apply()'s checks
+        raise UserError(eval_command.one_line(error)) from None
 
     shard = current_shard()
     names = [task.name for task, _ in tasks]

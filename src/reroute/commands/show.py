@@ -14,12 +14,14 @@ from pathlib import Path
 
 from reroute.commands.common import (
     PRESET_NAMES,
+    check_paper_tier,
     config_file_pair,
     load_vlm,
     parse_box,
     remove_and_reroute,
-    require_matplotlib,
 )
+from reroute.commands.extras import require_extra
+from reroute.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,16 +61,18 @@ def run(args: argparse.Namespace) -> int:
     from reroute.viz.collect import prompt_text
     from reroute.viz import RunView, plot_decisions
 
-    require_matplotlib("show")
+    require_extra("viz", "drawing the figure")
     if not args.output.lower().endswith((".png", ".svg")):
-        raise SystemExit(f"--output {args.output}: the figure path must end in .png or .svg")
+        raise UserError(f"--output {args.output}: the figure path must end in .png or .svg")
     images = []
     for path in args.image:
         if not Path(path).is_file():
-            raise SystemExit(f"--image {path}: no such file")
+            raise UserError(f"--image {path}: no such file")
         images.append(Image.open(path).convert("RGB"))
     box = parse_box(args.box)
     pair = config_file_pair(args.config) if args.config else None
+    if pair is None:
+        check_paper_tier(args.ratios, args.tier)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         configs = pair or remove_and_reroute(args.preset, args.tier, model, num_visual, args.ratios)
     except ValueError as error:
-        raise SystemExit(f"--preset {args.preset} --tier {args.tier:g}: {error}") from None
+        raise UserError(f"--preset {args.preset} --tier {args.tier:g}: {error}") from None
     if box is not None and max(box) <= 1.0:  # fractions of the first image
         width, height = images[0].size
         box = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)

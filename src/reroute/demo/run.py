@@ -125,15 +125,22 @@ def _interval(predictions, kind: str) -> Interval:
     return wilson(sum(p["correct"] for p in chosen), len(chosen))
 
 
-def run_demo(
-    model_dir: str | Path | None = None,
-    num_samples: int = 300,
-    batch_size: int = 50,
-    output: str | Path | None = "outputs/demo",
-    figure: bool = True,
-    progress: bool = True,
-) -> list[Row]:
-    """Evaluate the bundled model; write ``results.json``, ``results.md`` and ``decisions.png`` to ``output``."""
+@dataclass
+class DemoRun:
+    """One evaluation of the demo: its rows and what writing the results and the figure need."""
+
+    rows: list[Row]
+    meta: dict
+    samples: list[synthetic.Sample]
+    predictions: dict  # (method, paper tier) -> one prediction per sample
+    model: torch.nn.Module
+    processor: object
+
+
+def evaluate_demo(
+    model_dir: str | Path | None = None, num_samples: int = 300, batch_size: int = 50, progress: bool = True
+) -> DemoRun:
+    """Evaluate the bundled model (or ``model_dir``) under vanilla and every preset at every tier."""
     model, processor = modeling.load_model(model_dir)
     samples = synthetic.make_dataset(num_samples, seed=EVAL_SEED, split=EVAL_SPLIT)
     probe = _encode(processor, samples[: min(batch_size, len(samples))])
@@ -170,17 +177,42 @@ def run_demo(
         runs[(method, paper_tier)] = predictions
     bar.close()
 
+    model_name = "bundled demo model" if model_dir is None or Path(model_dir) == modeling.MODEL_DIR else str(model_dir)
+    meta = {"model": model_name, "num_samples": len(samples), "num_visual": num_visual, "num_text": num_text,
+            "num_layers": model.config.text_config.num_hidden_layers, "summary": summarize(runs[("vanilla", None)])}
+    return DemoRun(rows, meta, samples, runs, model, processor)
+
+
+def write_results(run: DemoRun, output: str | Path) -> None:
+    """``results.json`` (every row and the run's meta) and ``results.md`` (the table) in ``output``."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": run.meta, "rows": [_row_dict(r) for r in run.rows]}, indent=2))
+    (out / "results.md").write_text(format_table(run.rows) + "\n")
+
+
+def write_figure(run: DemoRun, path: str | Path) -> None:
+    """The decisions figure (needs matplotlib, the 'viz' extra)."""
+    _figure(run.samples, run.predictions, run.rows, run.processor, run.model, Path(path))
+
+
+def run_demo(
+    model_dir: str | Path | None = None,
+    num_samples: int = 300,
+    batch_size: int = 50,
+    output: str | Path | None = "outputs/demo",
+    figure: bool = True,
+    progress: bool = True,
+) -> list[Row]:
+    """Evaluate the bundled model; write ``results.json``, ``results.md`` and ``decisions.png`` to ``output``.
+
+    The results are written before the figure is drawn, so a missing matplotlib loses no work."""
+    run = evaluate_demo(model_dir, num_samples, batch_size, progress)
     if output is not None:
-        out = Path(output)
-        out.mkdir(parents=True, exist_ok=True)
-        model_name = "bundled demo model" if model_dir is None or Path(model_dir) == modeling.MODEL_DIR else str(model_dir)
-        meta = {"model": model_name, "num_samples": len(samples), "num_visual": num_visual, "num_text": num_text,
-                "num_layers": model.config.text_config.num_hidden_layers, "summary": summarize(runs[("vanilla", None)])}
-        (out / "results.json").write_text(json.dumps({"meta": meta, "rows": [_row_dict(r) for r in rows]}, indent=2))
-        (out / "results.md").write_text(format_table(rows) + "\n")
+        write_results(run, output)
         if figure:
-            _figure(samples, runs, rows, processor, model, out / "decisions.png")
-    return rows
+            write_figure(run, Path(output) / "decisions.png")
+    return run.rows
 
 
 def _row_dict(row: Row) -> dict:
