@@ -292,7 +292,12 @@ def test_nuwa_configs_round_trip_through_json():
     [
         ({"keep_fraction": 1.5}, "vision stage 'nuwa': keep_fraction=1.5 is not in (0, 1]; pass K / N, e.g. 112 / 576"),
         ({"per_cell": 5}, "vision stage 'nuwa': per_cell=5 is not 1, 2, 3 or 4 (a 2 x 2 cell has 4 tokens)"),
-        ({"radius": 3}, "vision stage 'nuwa' has no parameter 'radius': use keep_fraction, per_cell"),
+        ({"radius": 3}, "vision stage 'nuwa' has no parameter 'radius': use keep_fraction, per_cell, self_in_denominator"),
+        *(
+            ({"self_in_denominator": value}, f"vision stage 'nuwa': self_in_denominator={value!r} is not 0, 1, False "
+             "or True; pass True for the reference code's merge denominator")
+            for value in (2, 0.5, 1.0, "yes")
+        ),
     ],
 )
 def test_vision_params_errors(params, message):
