@@ -271,7 +271,8 @@ def test_qwen_presets():
     assert reroute.preset("nuwa", 64, model=qwen).scorer == "nuwa_qwen"
     for keep, (fraction, n, stage2) in {0.25: (0.35, 3, 0.42), 0.5: (0.6, 3, 0.66), 0.75: (0.85, 4, 0.70)}.items():
         config = reroute.preset("nuwa", keep * 1000, model=qwen, ratios="paper", num_visual=1000)
-        assert config.vision_parameters == {"keep_fraction": fraction, "per_cell": n} and config.keep_ratios == (stage2,)
+        expected = {"keep_fraction": fraction, "per_cell": n, "self_in_denominator": False}
+        assert config.vision_parameters == expected and config.keep_ratios == (stage2,)
     # solved: the tier is hit exactly (continuous counts) on 28 layers
     config = reroute.preset("nuwa_reroute", 100, model=qwen, num_visual=1000)
     assert avg_t(config, 28, 1000) == pytest.approx(100, abs=1e-9)
