@@ -30,6 +30,7 @@ from reroute.methods.nuwa import (
     nuwa_qwen_stage1,
     qwen_stage2_scores,
 )
+from reroute.methods.nuwa.params import LLAVA_NUM_VISUAL, LLAVA_TIERS
 
 #: the quantile of the anchors' saliency below which an anchor merges (LLaVA-1.5, Qwen2.5-VL)
 LLAVA_QUANTILE, QWEN_QUANTILE = 0.55, 0.1
@@ -51,14 +52,18 @@ class NuwaStage(VisionStage):
     docs/nuwa.md; Qwen2.5-VL's convex merge already counts the anchor itself and ignores it)."""
 
     name = "nuwa"
-    params = {"keep_fraction": 112 / 576, "per_cell": 1, "self_in_denominator": False}
+    # default: LLaVA-1.5's tier-64 anchors (K = 112 of 576)
+    params = {"keep_fraction": LLAVA_TIERS[64].anchors / LLAVA_NUM_VISUAL, "per_cell": 1, "self_in_denominator": False}
 
     def check_params(self, params: Mapping[str, float]) -> None:
         super().check_params(params)
         p = self.resolved(params)
         fraction, per_cell = p["keep_fraction"], p["per_cell"]
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
-            raise ValueError(f"vision stage 'nuwa': keep_fraction={fraction!r} is not in (0, 1]; pass K / N, e.g. 112 / 576")
+            raise ValueError(
+                f"vision stage 'nuwa': keep_fraction={fraction!r} is not in (0, 1]; "
+                f"pass K / N, e.g. {LLAVA_TIERS[64].anchors} / {LLAVA_NUM_VISUAL}"
+            )
         if isinstance(per_cell, bool) or per_cell not in (1, 2, 3, 4):
             raise ValueError(f"vision stage 'nuwa': per_cell={per_cell!r} is not 1, 2, 3 or 4 (a 2 x 2 cell has 4 tokens)")
         own = p["self_in_denominator"]
