@@ -111,10 +111,8 @@ class RoutingHandle:
         self.multimodal_model = backbone.multimodal_model(model)
         self.decoder = RoutedDecoder(backbone, self.text_model, config, record_scores)
         self.trace: Trace | None = None
-        # decisions of each routed prefill, found again by the cache that decode steps continue
+        # decisions (and layouts) of each routed prefill, found again by the cache that decode steps continue
         self._decode_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        # per layer, the compact layout of its prefill (for output_attentions in decode steps)
-        self._layer_layouts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._warned_unknown = False
         self._active = True
         self._patches = [
@@ -261,10 +259,9 @@ class RoutingHandle:
             hidden = self.decoder.decode(embeds, attention_mask, positions, cache, use_cache, state, kwargs)
         hidden_states = attentions = None
         if wanted.hidden:
-            hidden_states = outputs.select_hidden_states([embeds, *record.hidden[:-1], hidden], wanted.hidden)
+            hidden_states = outputs.select_hidden_states(outputs.decode_hidden_states(embeds, record, hidden), wanted.hidden)
         if wanted.attentions:
-            layouts = self._layer_layouts[cache]()
-            rows = outputs.decode_attentions(record, layouts, state.prompt_length, past, embeds.shape[1])
+            rows = outputs.decode_attentions(record, state.layer_layouts(), state.prompt_length, past, embeds.shape[1])
             attentions = tuple(rows)
         return compat.decoder_output(hidden, cache, hidden_states=hidden_states, attentions=attentions)
 
@@ -301,28 +298,21 @@ class RoutingHandle:
                 embeds[:, :prompt_length], prompt_mask, head, work_cache, use_cache or split, visual, kwargs, present,
                 injections,
             )
-        layouts = functools.cache(functools.partial(self._prefill_layouts, trace, visual, prompt_mask))  # only if asked
+        layouts = state.layer_layouts()  # what each layer ran on, as the engine built it from the action
         hidden_states = attentions = None
         if wanted.hidden:
-            hidden_states = outputs.prefill_hidden_states(embeds[:, :prompt_length], record, layouts(), hidden, injections)
+            hidden_states = outputs.prefill_hidden_states(embeds[:, :prompt_length], record, layouts, hidden, injections)
         if wanted.attentions:
-            attentions = outputs.prefill_attentions(record, layouts(), prompt_length)
+            attentions = outputs.prefill_attentions(record, layouts, prompt_length)
         if split:
             with self._recording(wanted) as record:
                 rest = self.decoder.decode(
                     embeds[:, prompt_length:], attention_mask, tail, work_cache, True, state, kwargs
                 )
             hidden = torch.cat([hidden, rest], dim=1)
-            if wanted.hidden:  # the generated / candidate tokens took part in every layer
-                after = [embeds[:, prompt_length:], *record.hidden[:-1], rest]
-                hidden_states = [torch.cat([a, b], dim=1) for a, b in zip(hidden_states, after)]
-            if wanted.attentions:
-                num_new = length - prompt_length
-                rows = outputs.decode_attentions(record, layouts(), prompt_length, prompt_length, num_new)
-                attentions = [
-                    torch.cat([torch.nn.functional.pad(a, (0, length - prompt_length)), b], dim=2)
-                    for a, b in zip(attentions, rows)
-                ]
+            hidden_states, attentions = outputs.append_decoded(
+                hidden_states, attentions, embeds[:, prompt_length:], record, rest, layouts, prompt_length
+            )
         if call.positions_unknown:
             trace = dataclasses.replace(trace, note=UNKNOWN_POSITIONS)
             if not self._warned_unknown:
@@ -332,29 +322,12 @@ class RoutingHandle:
         if use_cache:
             self._decode_states[work_cache] = state
             compat.crop_per_layer(work_cache, functools.partial(state.past_length, work_cache))
-            self._layer_layouts[work_cache] = layouts
         return compat.decoder_output(
             hidden,
             work_cache if use_cache else None,
             hidden_states=None if hidden_states is None else outputs.select_hidden_states(hidden_states, wanted.hidden),
             attentions=None if attentions is None else tuple(attentions),
         )
-
-    def _prefill_layouts(self, trace: Trace, visual: torch.Tensor, attention_mask: torch.Tensor | None) -> list:
-        """Per layer, the compact layout it ran on in the prefill (None: every token), rebuilt from the
-        decisions exactly as the engine builds it: text, padding and the selected visual tokens."""
-        batch, length = visual.shape
-        if attention_mask is not None:
-            visual = visual & attention_mask.bool()
-        active = []
-        for s in range(self.config.num_decisions):
-            chosen = torch.zeros(batch, length, dtype=torch.bool, device=visual.device)
-            for b, sample in enumerate(trace.samples):
-                chosen[b, list(sample.selected[s])] = True
-            active.append(~visual | chosen)
-        stages = outputs.stage_layouts(active)
-        stage_of = [self.config.stage_of_layer(i) for i in range(len(self.decoder.layers))]
-        return [None if s < 0 else stages[s] for s in stage_of]
 
 
 def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone) -> None:

@@ -22,12 +22,12 @@ def keep_count(num_visual: int, keep_ratio: float) -> int:
     return max(1, math.floor(num_visual * keep_ratio + _FLOOR_EPS))
 
 
-# numbers' ABCs cover numpy's integers and floats (numpy.bool_ is neither); Python's bool is an int.
 def _registered_executions() -> tuple[str, ...]:
     """Every way some registered action can run a stage, in registration order."""
     return tuple(dict.fromkeys(e for action in ACTION_REGISTRY for e in action.executions))
 
 
+# numbers' ABCs cover numpy's integers and floats (numpy.bool_ is neither); Python's bool is an int.
 def _is_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 

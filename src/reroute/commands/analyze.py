@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from reroute.budgets import REFERENCE_NUM_VISUAL
 from reroute.commands.common import PRESET_NAMES, check_paper_tier
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="with --task: Hub id or folder of the VLM (default: --model-dir)")
     parser.add_argument("--num-samples", type=int, default=200, help="samples (default: %(default)s)")
     parser.add_argument("--tier", type=float, default=64,
-                        help="the paper's budget out of 576 visual tokens, scaled to the prompts' count (default: 64)")
+                        help=f"the paper's budget out of {REFERENCE_NUM_VISUAL} visual tokens (its reference count), "
+                        "scaled to the prompts' count (default: 64)")
     parser.add_argument("--ratios", choices=("solved", "paper"), default="solved")
     parser.add_argument("--presets", default=",".join(DEFAULT_PRESETS),
                         help="comma-separated presets to run (default: %(default)s)")
@@ -86,7 +88,8 @@ def analyze_task(args, names: list[str]):
         "num_grounding": sum(item.box is not None for item in items),
         "paper_tier": args.tier,
         "num_visual": num_visual,
-        "tier": args.tier * num_visual / 576,
+        # the paper's tiers are budgets out of its reference count; the prompts have num_visual tokens
+        "tier": args.tier * num_visual / REFERENCE_NUM_VISUAL,
         "ratios": args.ratios,
         "configs": {n: {"action": c.action, "decision_layers": list(c.decision_layers), "keep_ratios": list(c.keep_ratios)}
                     for n, c in configs.items()},

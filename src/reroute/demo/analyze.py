@@ -8,6 +8,7 @@ from pathlib import Path
 from reroute.viz.statistics import DecisionStats, RunSummary
 from reroute.demo import modeling, synthetic
 from reroute.demo.run import EVAL_SEED, EVAL_SPLIT
+from reroute.budgets import REFERENCE_NUM_VISUAL
 from reroute.budgets.pairs import preset_at_paper_tier
 from reroute.viz.collect import PromptItem, analyze_items, count_visual
 
@@ -58,7 +59,8 @@ def analyze_demo(
         "num_grounding": sum(s.kind == "grounding" for s in samples),
         "paper_tier": paper_tier,
         "num_visual": num_visual,
-        "tier": paper_tier * num_visual / 576,
+        # the paper's tiers are budgets out of its reference count; the prompts have num_visual tokens
+        "tier": paper_tier * num_visual / REFERENCE_NUM_VISUAL,
         "ratios": ratios,
         "configs": {n: {"action": c.action, "decision_layers": list(c.decision_layers), "keep_ratios": list(c.keep_ratios)}
                     for n, c in configs.items()},

@@ -2,6 +2,9 @@
 
 The reference implementations materialise the full L x L attention map of the decision
 layer; here only the last prompt token's query is projected, so memory stays O(L).
+
+`rotate` applies a family's rotary function (which rotates a query-key pair) to one tensor;
+Nüwa's stage-2 rows (`reroute.methods.nuwa.scoring`) use it too.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ def last_token_attention(
     # (B, heads, tokens, hd); the keys made contiguous so the rotary's elementwise ops run on dense memory
     q, k = q.transpose(1, 2), k.transpose(1, 2).contiguous()
     q_cos, q_sin = cos[rows, query_index].unsqueeze(1), sin[rows, query_index].unsqueeze(1)
-    q = _rotate(apply_rotary, q, q_cos, q_sin)
-    k = _rotate(apply_rotary, k, cos, sin)
+    q = rotate(apply_rotary, q, q_cos, q_sin)
+    k = rotate(apply_rotary, k, cos, sin)
 
     kv_heads = k.shape[1]
     q = q.float().view(batch, kv_heads, -1, head_dim)  # (B, KV, H / KV, hd): query head h reads key head h // (H / KV)
@@ -57,8 +60,9 @@ def last_token_attention(
     return logits.softmax(dim=-1).mean(dim=1)
 
 
-def _rotate(apply_rotary: RotaryFn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``x`` (``(B, heads, n, hd)``) rotated by the family's ``apply_rotary(q, k, cos, sin)``.
+def rotate(apply_rotary: RotaryFn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x`` (``(B, heads, n, hd)``) rotated by the family's ``apply_rotary(q, k, cos, sin)``
+    (`reroute.runtime.adapter.RotaryFn`) with the tables ``cos`` / ``sin``.
 
     That function rotates a pair with the same tables; passing ``x`` twice would rotate it
     twice. The second operand here is a one-head, one-token slice of ``x`` (broadcast against

@@ -34,11 +34,18 @@ class DecodeState:
         the whole prompt (the stock mask applies there).
     prompt_keys: per compact stage, ``(B, n)`` bool: which entries of that stage's caches
         are real keys (not padding, not slack).
+    layouts: per compact stage, the prompt positions its layers ran on, as the action chose
+        them (what ``output_hidden_states`` / ``output_attentions`` scatter back, `reroute.runtime.outputs`).
     """
 
     prompt_length: int
     layer_stage: tuple[int, ...]
     prompt_keys: tuple[torch.Tensor, ...]
+    layouts: tuple[Layout, ...]
+
+    def layer_layouts(self) -> list[Layout | None]:
+        """Per layer, the compact layout it ran on in the prefill; None where it ran the whole prompt."""
+        return [None if s < 0 else self.layouts[s] for s in self.layer_stage]
 
     def past_length(self, cache) -> int:
         """Positions before the next token: the full prompt plus the tokens decoded so far.
@@ -138,8 +145,9 @@ class RoutedDecoder:
         stage_active: list[torch.Tensor] = []  # per decision, (B, L) active positions
         selections: list[torch.Tensor] = []  # per decision, (B, L) selected visual positions
         scored: list[tuple] = []  # scores on request (viz): per decision, (candidates, scores), both (B, L)
-        layer_stage: list[int] = []  # per layer, index into prompt_keys (-1: full prompt)
+        layer_stage: list[int] = []  # per layer, index into prompt_keys and layouts (-1: full prompt)
         prompt_keys: list[torch.Tensor] = []  # per compact stage, (B, n) valid keys of its caches
+        layouts: list[Layout] = []  # per compact stage, the positions its layers run on
         h = hidden
         if not bool(prompt.present[:, :length].all()):
             # The vision stage's removals act before layer 0: the first stage is already compact.
@@ -148,6 +156,7 @@ class RoutedDecoder:
             h = layout.gather(buffer)
             mask, position_embeddings, position_ids, key_valid = self._compact_stage(layout, prompt, hidden.dtype)
             prompt_keys.append(key_valid)
+            layouts.append(layout)
 
         for i, layer in enumerate(self.layers):
             if i in decisions:
@@ -177,6 +186,7 @@ class RoutedDecoder:
                     h = layout.gather(buffer)
                     mask, position_embeddings, position_ids, key_valid = self._compact_stage(layout, prompt, hidden.dtype)
                     prompt_keys.append(key_valid)
+                    layouts.append(layout)
             elif per_layer and layout is not None:
                 h = layout.gather(buffer)
             if i in score_points and score_points[i] != decisions.get(i):
@@ -202,7 +212,9 @@ class RoutedDecoder:
         h = self.norm(h)
 
         trace = self._trace(prompt, stage_active, selections, layer_stage, prompt_keys, scored)
-        state = DecodeState(prompt_length=length, layer_stage=tuple(layer_stage), prompt_keys=tuple(prompt_keys))
+        state = DecodeState(
+            prompt_length=length, layer_stage=tuple(layer_stage), prompt_keys=tuple(prompt_keys), layouts=tuple(layouts)
+        )
         return h, state, trace
 
     def _compact_stage(self, layout: Layout, prompt: _Prompt, dtype: torch.dtype):

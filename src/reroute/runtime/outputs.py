@@ -50,15 +50,6 @@ def recording(layers: nn.ModuleList, hidden: bool, attentions: bool):
             handle.remove()
 
 
-def stage_layouts(active_per_stage: list[torch.Tensor]) -> list[Layout | None]:
-    """The compact layout each stage ran on (None where the whole prompt took part)."""
-    layouts = []
-    for active in active_per_stage:
-        layout = Layout.from_active(active)
-        layouts.append(None if layout.is_full else layout)
-    return layouts
-
-
 def prefill_hidden_states(
     embeds: torch.Tensor, record: Recorded, layer_layouts: list[Layout | None], final: torch.Tensor, injections=None
 ) -> list[torch.Tensor]:
@@ -124,6 +115,32 @@ def decode_attentions(
         rows = torch.arange(num_new, device=weights.device).expand(batch, -1)
         out.append(scatter_attention(weights, rows, cols, num_new, total))
     return out
+
+
+def decode_hidden_states(embeds: torch.Tensor, record: Recorded, final: torch.Tensor) -> list[torch.Tensor]:
+    """States of tokens that ran every layer (decode steps): their embeddings, each layer's output, the normed last."""
+    return [embeds, *record.hidden[:-1], final]
+
+
+def append_decoded(
+    states: list[torch.Tensor] | None,
+    attentions: list[torch.Tensor] | None,
+    embeds: torch.Tensor,
+    record: Recorded,
+    final: torch.Tensor,
+    layer_layouts: list[Layout | None],
+    prompt_length: int,
+) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
+    """A prefill's outputs followed by the ``embeds.shape[1]`` tokens decoded in the same forward
+    (generated or candidate tokens inside generate()): every state gains their rows; every
+    attention map gains their rows over all positions, and the prompt's rows zero columns for them."""
+    num_new = embeds.shape[1]
+    if states is not None:
+        states = [torch.cat([a, b], dim=1) for a, b in zip(states, decode_hidden_states(embeds, record, final))]
+    if attentions is not None:
+        rows = decode_attentions(record, layer_layouts, prompt_length, prompt_length, num_new)
+        attentions = [torch.cat([nn.functional.pad(a, (0, num_new)), b], dim=2) for a, b in zip(attentions, rows)]
+    return states, attentions
 
 
 def select_hidden_states(states: list[torch.Tensor], requested) -> tuple:

@@ -271,7 +271,8 @@ def test_qwen_presets():
     assert reroute.preset("nuwa", 64, model=qwen).scorer == "nuwa_qwen"
     for keep, (fraction, n, stage2) in {0.25: (0.35, 3, 0.42), 0.5: (0.6, 3, 0.66), 0.75: (0.85, 4, 0.70)}.items():
         config = reroute.preset("nuwa", keep * 1000, model=qwen, ratios="paper", num_visual=1000)
-        assert config.vision_parameters == {"keep_fraction": fraction, "per_cell": n} and config.keep_ratios == (stage2,)
+        expected = {"keep_fraction": fraction, "per_cell": n, "self_in_denominator": False}
+        assert config.vision_parameters == expected and config.keep_ratios == (stage2,)
     # solved: the tier is hit exactly (continuous counts) on 28 layers
     config = reroute.preset("nuwa_reroute", 100, model=qwen, num_visual=1000)
     assert avg_t(config, 28, 1000) == pytest.approx(100, abs=1e-9)
@@ -292,7 +293,12 @@ def test_nuwa_configs_round_trip_through_json():
     [
         ({"keep_fraction": 1.5}, "vision stage 'nuwa': keep_fraction=1.5 is not in (0, 1]; pass K / N, e.g. 112 / 576"),
         ({"per_cell": 5}, "vision stage 'nuwa': per_cell=5 is not 1, 2, 3 or 4 (a 2 x 2 cell has 4 tokens)"),
-        ({"radius": 3}, "vision stage 'nuwa' has no parameter 'radius': use keep_fraction, per_cell"),
+        ({"radius": 3}, "vision stage 'nuwa' has no parameter 'radius': use keep_fraction, per_cell, self_in_denominator"),
+        *(
+            ({"self_in_denominator": value}, f"vision stage 'nuwa': self_in_denominator={value!r} is not 0, 1, False "
+             "or True; pass True for the reference code's merge denominator")
+            for value in (2, 0.5, 1.0, "yes")
+        ),
     ],
 )
 def test_vision_params_errors(params, message):

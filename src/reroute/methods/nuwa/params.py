@@ -34,6 +34,10 @@ class NuwaParams:
             )
 
 
+#: LLaVA-1.5's visual tokens per image (336 px, 24 x 24 patches): the count Nüwa's LLaVA tiers are
+#: published for (the same count as the Reroute paper's reference, `reroute.budgets.REFERENCE_NUM_VISUAL`)
+LLAVA_NUM_VISUAL = 576
+
 #: LLaVA-1.5 tiers (docs/semantics.md §6 "Budgets"): avg_T -> (n, K, k); avg_T = (K + k) / 2.
 LLAVA_TIERS: dict[int, NuwaParams] = {
     64: NuwaParams(per_cell=1, anchors=112, keep=16),

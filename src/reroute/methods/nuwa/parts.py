@@ -14,6 +14,7 @@ into a routed forward:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 
 import torch
@@ -29,6 +30,7 @@ from reroute.methods.nuwa import (
     nuwa_qwen_stage1,
     qwen_stage2_scores,
 )
+from reroute.methods.nuwa.params import LLAVA_NUM_VISUAL, LLAVA_TIERS
 
 #: the quantile of the anchors' saliency below which an anchor merges (LLaVA-1.5, Qwen2.5-VL)
 LLAVA_QUANTILE, QWEN_QUANTILE = 0.55, 0.1
@@ -45,19 +47,31 @@ def _anchors(num_tokens: int, keep_fraction: float) -> int:
 class NuwaStage(VisionStage):
     """Nüwa's stage 1 on LLaVA-1.5 (CLIP CLS saliency, additive merge) or Qwen2.5-VL (received
     attention in the last block, convex merge). Parameters: ``keep_fraction`` (``K / N`` per
-    image, ``K = ceil``) and ``per_cell`` (``n``, 1..4)."""
+    image, ``K = ceil``), ``per_cell`` (``n``, 1..4) and ``self_in_denominator`` (0 / 1 or a
+    bool, default False: on LLaVA-1.5 the merge divides by ``1 + sum w`` as Nüwa's code does,
+    docs/nuwa.md; Qwen2.5-VL's convex merge already counts the anchor itself and ignores it)."""
 
     name = "nuwa"
-    params = {"keep_fraction": 112 / 576, "per_cell": 1}
+    # default: LLaVA-1.5's tier-64 anchors (K = 112 of 576)
+    params = {"keep_fraction": LLAVA_TIERS[64].anchors / LLAVA_NUM_VISUAL, "per_cell": 1, "self_in_denominator": False}
 
     def check_params(self, params: Mapping[str, float]) -> None:
         super().check_params(params)
         p = self.resolved(params)
         fraction, per_cell = p["keep_fraction"], p["per_cell"]
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
-            raise ValueError(f"vision stage 'nuwa': keep_fraction={fraction!r} is not in (0, 1]; pass K / N, e.g. 112 / 576")
+            raise ValueError(
+                f"vision stage 'nuwa': keep_fraction={fraction!r} is not in (0, 1]; "
+                f"pass K / N, e.g. {LLAVA_TIERS[64].anchors} / {LLAVA_NUM_VISUAL}"
+            )
         if isinstance(per_cell, bool) or per_cell not in (1, 2, 3, 4):
             raise ValueError(f"vision stage 'nuwa': per_cell={per_cell!r} is not 1, 2, 3 or 4 (a 2 x 2 cell has 4 tokens)")
+        own = p["self_in_denominator"]
+        if not (isinstance(own, bool) or (isinstance(own, numbers.Integral) and own in (0, 1))):
+            raise ValueError(
+                f"vision stage 'nuwa': self_in_denominator={own!r} is not 0, 1, False or True; "
+                "pass True for the reference code's merge denominator"
+            )
 
     def kept_count(self, num_tokens: int, params: Mapping[str, float]) -> int:
         p = self.resolved(params)
@@ -83,7 +97,8 @@ class NuwaStage(VisionStage):
             vision = model.config.vision_config
             num_tokens = (vision.image_size // vision.patch_size) ** 2
             anchors = min(num_tokens, _anchors(num_tokens, p["keep_fraction"]))
-            images = nuwa_llava_stage1(model, pixels, NuwaParams(per_cell=per_cell, anchors=anchors, keep=anchors))
+            budget = NuwaParams(per_cell=per_cell, anchors=anchors, keep=anchors)
+            images = nuwa_llava_stage1(model, pixels, budget, self_in_denominator=bool(p["self_in_denominator"]))
         else:
             ratios = NuwaRatios(stage1_fraction=p["keep_fraction"], per_cell=per_cell, stage2_fraction=1.0)
             images = nuwa_qwen_stage1(model, inputs["pixel_values"], inputs["image_grid_thw"], ratios)

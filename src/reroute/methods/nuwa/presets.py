@@ -28,7 +28,7 @@ from reroute.budgets.depth import scale_decision_layers
 from reroute.budgets.presets import register_preset
 from reroute.config import RoutingConfig
 from reroute.runtime.dims import text_config
-from reroute.methods.nuwa.params import LLAVA_TIERS, QWEN_RATIOS
+from reroute.methods.nuwa.params import LLAVA_NUM_VISUAL, LLAVA_TIERS, QWEN_RATIOS
 
 #: per family: (reference depth, nuwa's decision layers, nuwa_reroute's decision layers, scorer)
 _FAMILIES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...], str]] = {
@@ -96,7 +96,7 @@ def _paper(family: str, tier: float, num_visual: int) -> tuple[int, float, float
                 f"{', '.join(str(t) for t in sorted(LLAVA_TIERS))}; use ratios='solved' for other tiers"
             )
         p = LLAVA_TIERS[tier]
-        return p.per_cell, p.anchors / 576, p.keep / p.anchors
+        return p.per_cell, p.anchors / LLAVA_NUM_VISUAL, p.keep / p.anchors
     keep = round(tier / num_visual, 9)
     if keep not in QWEN_RATIOS:
         raise ValueError(

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from reroute.runtime.adapter import RotaryFn
-from reroute.methods.attention import _rotate, last_token_attention
+from reroute.methods.attention import last_token_attention, rotate
 
 #: LLaVA's stage-2 rule is docs/semantics.md §2's
 llava_stage2_scores = last_token_attention
@@ -77,8 +77,8 @@ def query_rows_attention(
     k = attn.k_proj(x).view(batch, n, -1, head_dim).transpose(1, 2).contiguous()  # (B, KV, n, hd)
     if hasattr(attn, "q_norm"):  # QK-norm families (Qwen3-style): the norm acts on head_dim
         q, k = attn.q_norm(q), attn.k_norm(k)
-    q = _rotate(apply_rotary, q, cos[rows, query_rows], sin[rows, query_rows])
-    k = _rotate(apply_rotary, k, cos, sin)
+    q = rotate(apply_rotary, q, cos[rows, query_rows], sin[rows, query_rows])
+    k = rotate(apply_rotary, k, cos, sin)
 
     kv_heads = k.shape[1]
     q = q.float().reshape(batch, kv_heads, -1, num_rows, head_dim)  # query head h reads key head h // (H / KV)
