@@ -74,7 +74,7 @@ def test_analyze_writes_table_json_and_plots(model_dir, tmp_path):
         (["show", "--image", "IMG", "--prompt", "x", "--config", "missing.json"],
          "--config missing.json: no such file; give a JSON file with RoutingConfig fields"),
         (["analyze", "--presets", "pdrop,nope"],
-         "--presets 'pdrop,nope': use names from fastv, reroute_vs_fastv, pdrop, reroute_vs_pdrop, comma-separated"),
+         "--presets 'pdrop,nope': use names from fastv, pdrop, reroute_vs_fastv, reroute_vs_pdrop, nuwa, nuwa_reroute, comma-separated"),
         (["analyze", "--model-dir", "no_model_here"], "--model-dir no_model_here: no saved demo model there (config.json missing)"),
     ],
 )

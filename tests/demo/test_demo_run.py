@@ -8,9 +8,11 @@ import sys
 
 import pytest
 
-from reroute.budgets import avg_t
+from reroute.budgets import PAPER_TIERS, avg_t, preset_names
 from reroute.cli import main
-from reroute.demo.run import METHODS, PAPER_TIERS, format_table, reroute_vs_remove, run_demo, wilson
+from reroute.demo.run import format_table, reroute_vs_remove, run_demo, wilson
+
+METHODS = preset_names()
 
 
 def test_demo_smoke_run_writes_a_well_formed_table(model_dir, tmp_path):

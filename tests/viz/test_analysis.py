@@ -118,3 +118,21 @@ def test_run_traces_from_handle_traces_and_errors():
     # without scores the analysis still gives re-entry and box numbers; the correlation column is empty
     rows = analyze_traces([RunTraces("plain", "reroute", (1, 3), (TracedSample(plain, (GRID,), LEFT_COLUMN),))])
     assert [r.reentry for r in rows] == [None, 0.5] and [r.spearman for r in rows] == [None, None]
+
+
+def test_box_activity_before_the_first_decision_counts_only_what_entered_the_decoder():
+    """A vision stage that dropped position 7 (in the box) before the decoder: the layers before the
+    first decision hold 1 of the box's 2 patches, not all of them; without scores it cannot be told."""
+    from reroute.viz.statistics import box_activity_per_layer, entered_box_share
+
+    after_stage = SampleTrace(
+        routed=True, num_visual=3, visual_per_layer=(3, 1, 1), tokens_per_layer=(8, 6, 6), selected=((5,),),
+        scores=(_scores([5, 6, 8], [0.5, 0.3, 0.2]),),
+    )
+    sample = TracedSample(after_stage, (GRID,), LEFT_COLUMN)
+    assert entered_box_share(sample) == 0.5
+    assert box_activity_per_layer(sample, (1,)) == [0.5, 0.5, 0.5]
+    unscored = TracedSample(SampleTrace(**{**after_stage.__dict__, "scores": None}), (GRID,), LEFT_COLUMN)
+    assert entered_box_share(unscored) is None and box_activity_per_layer(unscored, (1,)) is None
+    everything = TracedSample(REROUTE, (GRID,), LEFT_COLUMN)  # no vision stage: every patch entered
+    assert entered_box_share(everything) == 1.0

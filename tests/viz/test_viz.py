@@ -131,3 +131,22 @@ def test_a_trace_without_scores_is_refused_for_heat_maps():
     grid = llava_grids(inputs["input_ids"][0], LLAVA_IMAGE_TOKEN, [(32, 32)])[0]
     with pytest.raises(ValueError, match=r"^this trace has no scores: run with reroute.apply\(model, config, record_scores=True\)$"):
         score_grids(handle.trace[0], grid)
+
+
+@pytest.mark.parametrize("action", ["remove", "reroute"])
+def test_tokens_a_vision_stage_dropped_are_removed_under_either_action(action):
+    """Cells whose token never reached the decoder (not a candidate at the first decision) are
+    REMOVED, not DEFERRED; the others follow the action's rule."""
+    from reroute.backbones.grids import TokenGrid
+    from reroute.runtime.trace import DecisionScores, SampleTrace
+    from reroute.viz import decision_states
+
+    grid = TokenGrid(positions=tuple(range(10, 14)), rows=2, cols=2, region=(0.0, 0.0, 2.0, 2.0))
+    entered = torch.tensor([10, 11, 13])  # position 12 was dropped before the decoder
+    sample = SampleTrace(
+        routed=True, num_visual=4, visual_per_layer=(3, 1), tokens_per_layer=(5, 3), selected=((11,),),
+        scores=(DecisionScores(positions=entered, scores=torch.tensor([0.1, 0.7, 0.2])),),
+    )
+    (states,) = decision_states(sample, grid, action)
+    other = DEFERRED if action == "reroute" else REMOVED
+    assert states.tolist() == [[other, ACTIVE], [REMOVED, other]]

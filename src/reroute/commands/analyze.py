@@ -19,7 +19,8 @@ import argparse
 from pathlib import Path
 
 from reroute.budgets import REFERENCE_NUM_VISUAL
-from reroute.commands.common import PRESET_NAMES, check_paper_tier
+from reroute.budgets.pairs import paired_presets
+from reroute.commands.common import check_paper_tier
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
 
@@ -46,9 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _presets(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in PRESET_NAMES]
+    unknown = [n for n in names if n not in paired_presets()]
     if not names or unknown:
-        raise UserError(f"--presets {text!r}: use names from {', '.join(PRESET_NAMES)}, comma-separated")
+        raise UserError(f"--presets {text!r}: use names from {', '.join(paired_presets())}, comma-separated")
     return names
 
 

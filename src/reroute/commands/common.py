@@ -8,7 +8,6 @@ from pathlib import Path
 
 from reroute.config import RoutingConfig
 from reroute.errors import UserError
-from reroute.budgets.pairs import PRESET_NAMES, remove_and_reroute  # noqa: F401 - re-exported for the commands
 
 
 def config_file_pair(path: str) -> dict[str, RoutingConfig]:

@@ -16,14 +16,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from reroute.budgets import PAPER_TIERS, preset_names
 from reroute.commands import eval as eval_command
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
 
-#: the methods of the table, in row order
-TABLE_PRESETS: tuple[str, ...] = ("vanilla", "fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop", "nuwa", "nuwa_reroute")
-#: the paper's tiers (avg_T of 576 visual tokens)
-TABLE_TIERS: tuple[int, ...] = (192, 128, 64)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,11 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def table_runs(ratios: str) -> list[tuple[str, int | None, str]]:
     """(method, paper tier, run name) of every row, in table order."""
     runs: list[tuple[str, int | None, str]] = []
-    for method in TABLE_PRESETS:
+    for method in (eval_command.VANILLA, *preset_names()):  # every registered preset, in registration order
         if method == eval_command.VANILLA:
             runs.append((method, None, eval_command.VANILLA))
             continue
-        for tier in TABLE_TIERS:
+        for tier in PAPER_TIERS:
             runs.append((method, tier, f"{method}-{tier}-{ratios}"))
     return runs
 

@@ -12,14 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reroute.commands.common import (
-    PRESET_NAMES,
-    check_paper_tier,
-    config_file_pair,
-    load_vlm,
-    parse_box,
-    remove_and_reroute,
-)
+from reroute.budgets.pairs import paired_presets, remove_and_reroute
+from reroute.commands.common import check_paper_tier, config_file_pair, load_vlm, parse_box
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
 
@@ -28,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="Hub id or local folder of the VLM (default: the bundled demo model)")
     parser.add_argument("--image", action="append", required=True, help="image file (repeat for a multi-image prompt)")
     parser.add_argument("--prompt", required=True, help="the question or instruction (no image placeholder needed)")
-    parser.add_argument("--preset", choices=PRESET_NAMES, default="reroute_vs_pdrop",
+    parser.add_argument("--preset", choices=paired_presets(), default="reroute_vs_pdrop",
                         help="shown with its counterpart of the other action (default: %(default)s)")
     parser.add_argument("--tier", type=float, default=64,
                         help="the paper's budget out of 576 visual tokens, scaled to the prompt's count (default: 64)")

@@ -21,12 +21,10 @@ from tqdm.auto import tqdm
 
 import reroute
 from reroute import RoutingConfig
-from reroute.budgets import REFERENCE_NUM_VISUAL
+from reroute.budgets import PAPER_TIERS, REFERENCE_NUM_VISUAL, counterparts, preset_names
 from reroute.demo import modeling, synthetic
 from reroute.demo.evaluation import generate_answers, score_answer, summarize
 
-PAPER_TIERS = (192, 128, 64)
-METHODS = ("fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop", "nuwa", "nuwa_reroute")
 #: the held-out split the demo evaluates (never used in training)
 EVAL_SPLIT, EVAL_SEED = "test", 2026
 
@@ -69,11 +67,11 @@ class Row:
 
 
 def demo_configs(model, num_visual: int) -> list[tuple[str, int | None, int | None, RoutingConfig | None]]:
-    """(method, tier, paper tier, config): vanilla, then every preset at every scaled tier."""
+    """(method, tier, paper tier, config): vanilla, then every registered preset at every scaled tier."""
     configs: list[tuple[str, int | None, int | None, RoutingConfig | None]] = [("vanilla", None, None, None)]
     for paper_tier in PAPER_TIERS:
         tier = paper_tier * num_visual / REFERENCE_NUM_VISUAL
-        for method in METHODS:
+        for method in preset_names():
             config = reroute.preset(method, tier=tier, model=model, num_visual=num_visual)
             configs.append((method, round(tier, 1), paper_tier, config))
     return configs
@@ -242,7 +240,7 @@ def reroute_vs_remove(rows: Sequence[Row]) -> list[str]:
     by_key = {(r.method, r.paper_tier): r for r in rows}
     lines = []
     for tier in PAPER_TIERS:
-        for ours, base in (("reroute_vs_fastv", "fastv"), ("reroute_vs_pdrop", "pdrop"), ("nuwa_reroute", "nuwa")):
+        for base, ours in counterparts().items():
             a, b = by_key[(ours, tier)].grounding, by_key[(base, tier)].grounding
             lines.append(f"tier {tier}: {ours} {a.value:.3f} vs {base} {b.value:.3f} ({a.value - b.value:+.3f})")
     return lines

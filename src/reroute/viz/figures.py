@@ -146,13 +146,18 @@ class RunView:
 def decision_states(sample: SampleTrace, grid: TokenGrid, action: str) -> list[np.ndarray]:
     """Per decision, ``(rows, cols)`` int8 cell states: ACTIVE, REENTERED (active now, not
     selected at the previous decision), DEFERRED (reroute: not selected) or REMOVED (remove: not
-    selected now or at an earlier decision)."""
+    selected now or at an earlier decision; any action: dropped before the decoder by a vision
+    stage, known from the first decision's candidates when scores were recorded)."""
     if action not in ("remove", "reroute"):
         raise ValueError(f"action must be 'remove' or 'reroute', got {action!r}")
+    # every token that entered the decoder is a candidate at the first decision, whatever the action
+    entered = grid.mask(sample.scores[0].positions.tolist()) if sample.scores else None
     out, previous = [], None
     for chosen in sample.selected:
         active = grid.mask(chosen)
         states = np.full(grid.shape, DEFERRED if action == "reroute" else REMOVED, dtype=np.int8)
+        if entered is not None:
+            states[~entered] = REMOVED
         states[active] = ACTIVE
         if previous is not None:
             states[active & ~previous] = REENTERED
@@ -310,7 +315,7 @@ def plot_decisions(
         Patch(fc="white", ec=_ACTIVE_EDGE, lw=1.5, label="active"),
         Patch(fc="white", ec=_REENTERED_EDGE, lw=1.5, label="active again (not selected at the previous decision)"),
         Patch(fc=_STATE_COLORS[DEFERRED], label="deferred (reroute)"),
-        Patch(fc=_STATE_COLORS[REMOVED], label="removed (remove)"),
+        Patch(fc=_STATE_COLORS[REMOVED], label="removed (remove, or before the decoder)"),
         Patch(fc="gray", label="not a candidate (scores row)"),
         Patch(fc="white", ec="lime", ls=":", label="ground truth"),
     ]

@@ -240,15 +240,33 @@ def analyze_traces(runs: Sequence[RunTraces]) -> list[DecisionStats]:
 
 
 def box_activity_per_layer(sample: TracedSample, decision_layers: Sequence[int]) -> list[float] | None:
-    """Per decoder layer, the share of the GT box's patches taking part (1 before the first decision)."""
+    """Per decoder layer, the share of the GT box's patches taking part. Before the first decision
+    that is the share that entered the decoder: 1, or less after a vision stage (Nüwa's stage 1)."""
     stages = box_activity(sample)
-    if any(v is None for v in stages):
+    before = entered_box_share(sample)
+    if before is None or any(v is None for v in stages):
         return None
     out = []
     for layer in range(len(sample.trace.visual_per_layer)):
         stage = sum(d <= layer for d in decision_layers) - 1
-        out.append(1.0 if stage < 0 else stages[stage])
+        out.append(before if stage < 0 else stages[stage])
     return out
+
+
+def entered_box_share(sample: TracedSample) -> float | None:
+    """The share of the GT box's patches that entered the decoder (None without a box, or when a
+    vision stage dropped tokens and the trace has no scores to tell which)."""
+    if sample.box is None:
+        return None
+    inside = box_positions(sample.grids, sample.box, sample.box_image)
+    if not inside:
+        return None
+    trace = sample.trace
+    if trace.scores:  # every token in the decoder is a candidate at the first decision
+        return len(set(inside) & set(trace.scores[0].positions.tolist())) / len(inside)
+    if sum(len(g.positions) for g in sample.grids) == trace.num_visual:  # no vision stage dropped any
+        return 1.0
+    return None
 
 
 def summarize_runs(runs: Sequence[RunTraces]) -> list[RunSummary]:
