@@ -1,5 +1,9 @@
 """Tiny random LLaVA-NeXT, LLaVA-OneVision, InternVL and Qwen3-VL models from the real config
-classes, and prompts for them (the shapes the processors produce, built directly)."""
+classes, and prompts for them (the shapes the processors produce, built directly).
+
+`families(Family)` lists them for `tests.helpers.models.FAMILIES` (the invariant suite): a new family
+adds its builder here and one entry there.
+"""
 
 from __future__ import annotations
 
@@ -192,3 +196,24 @@ def qwen3_batch(prompts, padding_side: str = "left") -> dict:
     from tests.helpers.models import qwen_batch
 
     return qwen_batch(prompts, padding_side)
+
+
+# ----------------------------------------------------------------------------- the invariant suite's entries
+def families(Family) -> dict:
+    """``FAMILIES`` entries (`tests.helpers.models.Family`) of the families built here."""
+
+    def anyres(family):
+        return lambda attn="sdpa", num_layers=6, seed=0: tiny_llava_next(family, attn, num_layers, seed)
+
+    return {
+        "llava_next": Family("llava_next", anyres("llava_next"), anyres_prompt, anyres_batch),
+        "llava_onevision": Family("llava_onevision", anyres("llava_onevision"), anyres_prompt, anyres_batch),
+        "internvl": Family(
+            "internvl", lambda attn="sdpa", num_layers=6, seed=0: tiny_internvl(attn, num_layers, seed),
+            internvl_prompt, internvl_batch,
+        ),
+        "qwen3_vl": Family(
+            "qwen3_vl", lambda attn="sdpa", num_layers=6, seed=0: tiny_qwen3_vl(attn, num_layers, seed),
+            qwen3_prompt, qwen3_batch,
+        ),
+    }
