@@ -40,9 +40,7 @@ def test_refused_families_say_why(name, reason):
         reroute.apply(model, RoutingConfig())
 
 
-@pytest.mark.parametrize(
-    "name", ["Mistral3ForConditionalGeneration", "Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"]
-)
+@pytest.mark.parametrize("name", ["Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"])
 def test_families_without_an_adapter_are_refused(name):
     import transformers
 
