@@ -30,8 +30,8 @@ for _module in pkgutil.iter_modules(__path__):
 
 
 def supported_model_classes() -> list[str]:
-    """The class names some registered adapter handles, once each, in registration order."""
-    return list(dict.fromkeys(name for backbone in BACKBONES for name in backbone.model_classes))
+    """The class names some registered adapter handles, sorted (registration order follows module names)."""
+    return sorted({name for backbone in BACKBONES for name in backbone.model_classes})
 
 
 def _most_specific(candidates: list[type[Backbone]], processor: Any) -> type[Backbone] | None:

@@ -43,7 +43,7 @@ def nuwa_tower(model) -> str:
     """The Nüwa tower kind of a model (by its class) or config (by its model type), as its family's
     adapter declares it; `reroute.backbones.NotDeclared` (a one-line ValueError) where it declares none."""
     backbone = backbone_for(model) if isinstance(model, nn.Module) else backbone_for_config(model)
-    classes = " and ".join(dict.fromkeys(c for b in BACKBONES if b.nuwa_tower in TOWERS for c in b.model_classes))
+    classes = " and ".join(sorted({c for b in BACKBONES if b.nuwa_tower in TOWERS for c in b.model_classes}))
     tower = backbone.require("nuwa_tower", f"Nüwa's stage 1 is defined for {classes}")
     if tower not in TOWERS:
         raise ValueError(f"{backbone.family} declares Nüwa tower {tower!r}; Nüwa knows {', '.join(TOWERS)}")
