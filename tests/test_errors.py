@@ -64,9 +64,10 @@ def test_unsupported_model_class():
     model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                          num_attention_heads=2))
     message = (
-        "reroute does not support LlamaForCausalLM; load one of LlavaForConditionalGeneration, "
-        "Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration, LlavaNextForConditionalGeneration, "
-        "LlavaOnevisionForConditionalGeneration, InternVLForConditionalGeneration, Qwen3VLForConditionalGeneration"
+        "reroute does not support LlamaForCausalLM; load one of InternVLForConditionalGeneration, "
+        "LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration, "
+        "Mistral3ForConditionalGeneration, Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration, "
+        "Qwen3VLForConditionalGeneration"
     )
     with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
         reroute.apply(model, RoutingConfig())

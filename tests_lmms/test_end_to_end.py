@@ -1,7 +1,7 @@
 """The lmms-eval plugin end to end, in the lmms environment (`make test-lmms` builds it and runs this).
 
 lmms-eval's own command line runs the bundled demo model on the tiny demo task (8 held-out
-samples, written here with `reroute.eval.lmms.demo_task`): routed through ``reroute_llava_hf``
+samples, written here with `reroute.demo.lmms_task`): routed through ``reroute_llava_hf``
 (chat and simple classes, one process and ``accelerate launch`` with two), and unrouted through
 lmms-eval's stock ``llava_hf``. Each run must give, sample for sample, the answers of the demo's
 own evaluation (`reroute.demo.run.evaluate_config`) under the same routing, and the routed runs
@@ -26,7 +26,8 @@ import pytest
 
 import reroute
 from reroute.demo import modeling, run
-from reroute.eval.lmms import RoutingArgs, demo_task
+from reroute.demo import lmms_task as demo_task
+from reroute.eval.lmms import RoutingArgs
 from reroute.runtime.patching import Patch
 
 MODEL_DIR = str(modeling.MODEL_DIR)
@@ -249,7 +250,7 @@ def test_clean_restores_the_model_and_frees_it():
 
 
 def test_importing_reroute_does_not_import_lmms_eval():
-    code = "import sys, reroute, reroute.eval.lmms, reroute.eval.lmms.demo_task; print('lmms_eval' in sys.modules)"
+    code = "import sys, reroute, reroute.eval.lmms, reroute.demo.lmms_task; print('lmms_eval' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -16,9 +16,10 @@ from tests.helpers.models import FAMILIES
 
 import reroute
 from reroute import RoutingConfig
-from reroute.backbones import backbone_for, supported_model_classes
+from reroute.backbones import backbone_for, released_shapes, supported_model_classes
 from reroute.cli import main
-from reroute.backbones.released import MODEL_SHAPES, VISUAL_TOKENS_PER_IMAGE
+
+SHAPES = released_shapes()
 
 
 # ----------------------------------------------------------------------------- refused and unsupported families
@@ -39,9 +40,7 @@ def test_refused_families_say_why(name, reason):
         reroute.apply(model, RoutingConfig())
 
 
-@pytest.mark.parametrize(
-    "name", ["Mistral3ForConditionalGeneration", "Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"]
-)
+@pytest.mark.parametrize("name", ["Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"])
 def test_families_without_an_adapter_are_refused(name):
     import transformers
 
@@ -76,7 +75,7 @@ def test_deepstack_reaches_only_the_tokens_that_ran_the_layer():
 
 # ----------------------------------------------------------------------------- reroute cost --model
 def test_cost_reads_a_local_config_folder(tmp_path, capsys):
-    MODEL_SHAPES["qwen3-vl-8b"]().save_pretrained(tmp_path)
+    SHAPES["qwen3-vl-8b"].config().save_pretrained(tmp_path)
     assert main(["cost", "--model", str(tmp_path), "--num-visual", "196"]) == 0
     from_folder = capsys.readouterr().out.split("\n", 1)[1]
     assert main(["cost", "--model", "qwen3-vl-8b"]) == 0  # 196 visual tokens by default for this shape
@@ -90,7 +89,7 @@ def test_cost_model_without_config_is_a_user_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"reroute cost: --model '{tmp_path}': the folder has no readable config.json (")
     assert err.endswith(
-        f"); pass one of {', '.join(sorted(MODEL_SHAPES))}, a folder holding a config.json, or a hub id this machine can reach"
+        f"); pass one of {', '.join(sorted(SHAPES))}, a folder holding a config.json, or a hub id this machine can reach"
     )
     assert "\n" not in err
 
@@ -101,33 +100,36 @@ def test_visual_tokens_per_image_follow_the_processors():
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize  # the PIL backend: no torchvision
 
     next_ = object.__new__(LlavaNextProcessor)  # only the counting arithmetic is used: no tokenizer needed
-    config = MODEL_SHAPES["llava-next-7b"]()
+    config = SHAPES["llava-next-7b"].config()
     next_.image_processor = SimpleNamespace(image_grid_pinpoints=config.image_grid_pinpoints)
     next_.patch_size, next_.num_additional_image_tokens = 14, 0
-    assert next_._get_number_of_features(672, 672, 336, 336) == VISUAL_TOKENS_PER_IMAGE["llava-next-7b"]
+    assert next_._get_number_of_features(672, 672, 336, 336) == SHAPES["llava-next-7b"].visual_tokens
 
     onevision = object.__new__(LlavaOnevisionProcessor)
     onevision.image_processor = SimpleNamespace(image_grid_pinpoints=[[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)])
     onevision.num_image_tokens, onevision.vision_aspect_ratio = (384 // 14) ** 2, "anyres_max_9"
-    assert onevision._get_number_of_features(384, 384, 384, 384) == VISUAL_TOKENS_PER_IMAGE["llava-onevision-7b"]
+    assert onevision._get_number_of_features(384, 384, 384, 384) == SHAPES["llava-onevision-7b"].visual_tokens
 
     for name, patch in (("qwen2.5-vl-7b", 14), ("qwen3-vl-8b", 16)):
         height, width = smart_resize(448, 448, factor=2 * patch)
-        assert (height // patch) * (width // patch) // 4 == VISUAL_TOKENS_PER_IMAGE[name]
-    internvl = MODEL_SHAPES["internvl3-8b"]()
+        assert (height // patch) * (width // patch) // 4 == SHAPES[name].visual_tokens
+    internvl = SHAPES["internvl3-8b"].config()
     tile = (internvl.vision_config.image_size[0] // internvl.vision_config.patch_size[0]) * internvl.downsample_ratio
-    assert int(tile) ** 2 == internvl.image_seq_length == VISUAL_TOKENS_PER_IMAGE["internvl3-8b"]
-    assert set(VISUAL_TOKENS_PER_IMAGE) == set(MODEL_SHAPES)
+    assert int(tile) ** 2 == internvl.image_seq_length == SHAPES["internvl3-8b"].visual_tokens
 
 
-@pytest.mark.parametrize("name", sorted(MODEL_SHAPES))
-def test_named_shapes_are_supported_families(name):
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_named_shapes_belong_to_the_adapter_that_declares_them(name):
+    """Each released shape's config builds the class of the adapter declaring it, and its config finds that adapter."""
     from transformers import AutoModelForImageTextToText
 
-    config = MODEL_SHAPES[name]()
+    from reroute.backbones import BACKBONES, backbone_for_config
+
+    (declaring,) = [b for b in BACKBONES if SHAPES[name] in vars(b).get("released", ())]
+    config = SHAPES[name].config()
     cls = AutoModelForImageTextToText._model_mapping[type(config)]
-    assert cls.__name__ in supported_model_classes()
-    assert backbone_for(object.__new__(cls)) is not None
+    assert cls.__name__ in declaring.model_classes
+    assert type(backbone_for_config(config)) is declaring
 
 
 # ----------------------------------------------------------------------------- decoders inside supported families

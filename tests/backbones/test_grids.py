@@ -9,7 +9,8 @@ from tests.helpers.models import QWEN_END, QWEN_IMAGE, QWEN_START, FAMILIES, qwe
 from PIL import Image
 from transformers import CLIPImageProcessorPil, LlavaImageProcessorPil, Qwen2VLImageProcessorPil
 
-from reroute.backbones.grids import TokenGrid, grids_for, llava_grids, llava_region, qwen_grids
+from reroute.backbones import grids_for
+from reroute.backbones.grids import TokenGrid, llava_grids, llava_region, qwen_grids
 
 IMAGE = 7  # an image-token id for hand-written prompts
 

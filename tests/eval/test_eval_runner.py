@@ -252,8 +252,8 @@ def test_detect_family(demo):
     assert detect_family(*demo) == "demo"
     assert detect_family(tiny_llava(), tiny_llava_processor()) == "llava"
     assert detect_family(tiny_qwen("qwen2_5_vl"), tiny_qwen_processor()) == "qwen2_5_vl"
-    with pytest.raises(ValueError, match=r"^no evaluation family for model type 'qwen2_vl': pass --family with one of "
-                       r"llava, qwen2_5_vl, demo$"):
+    with pytest.raises(ValueError, match=r"^Qwen2-VL declares no evaluation protocol \(Qwen2VLBackbone.evaluation\): "
+                       r"pass --family with one of llava, qwen2_5_vl, demo$"):
         detect_family(tiny_qwen("qwen2_vl"), tiny_qwen_processor())
 
 

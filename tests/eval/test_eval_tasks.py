@@ -23,7 +23,7 @@ from tests.helpers.eval_fixtures import (
 from PIL import Image
 
 from reroute.demo.synthetic import GROUNDING_PREFIX
-from reroute.eval.task import MODEL_FAMILIES
+from reroute.eval.task import model_families
 from reroute.eval.tasks import ALIASES, TASKS, UnknownTaskError, get_task
 from reroute.eval.tasks.common import SHORT_ANSWER_POST_PROMPT as POST
 from reroute.eval.tasks.files import DatasetFormatError, HubDataset, MissingSplitError, find_split
@@ -356,7 +356,7 @@ def test_every_family_gets_a_prompt_and_parses(tmp_path, name):
     task = get_task(name)
     sample = task.load(tmp_path, limit=1)[0]
     assert task.max_new_tokens() > 0
-    for family in MODEL_FAMILIES:
+    for family in model_families():
         assert sample.question.strip().rstrip("?")[:10] in task.prompt(sample, family)
         assert isinstance(task.parse(sample, "Yes", family), dict)
     assert task.headline in task.score(records(task, [sample], ["Yes"]))

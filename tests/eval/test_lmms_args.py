@@ -17,7 +17,7 @@ from reroute.demo import modeling, synthetic
 from reroute.demo.evaluation import score_answer
 from reroute.runtime.patching import Patch
 from reroute.eval.lmms import ROUTING_KEYS, RoutingArgs
-from reroute.eval.lmms import demo_task
+from reroute.demo import lmms_task as demo_task
 from reroute.eval.lmms.session import RoutingSession
 
 # ----------------------------------------------------------------------------- model_args -> RoutingConfig

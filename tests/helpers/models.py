@@ -216,23 +216,9 @@ FAMILIES = {
 
 # ----------------------------------------------------------------------------- newer families (models_more.py)
 def _more_families() -> dict:
-    from tests.helpers import models_more as more
+    from tests.helpers import models_more
 
-    def anyres(family):
-        return lambda attn="sdpa", num_layers=6, seed=0: more.tiny_llava_next(family, attn, num_layers, seed)
-
-    return {
-        "llava_next": Family("llava_next", anyres("llava_next"), more.anyres_prompt, more.anyres_batch),
-        "llava_onevision": Family("llava_onevision", anyres("llava_onevision"), more.anyres_prompt, more.anyres_batch),
-        "internvl": Family(
-            "internvl", lambda attn="sdpa", num_layers=6, seed=0: more.tiny_internvl(attn, num_layers, seed),
-            more.internvl_prompt, more.internvl_batch,
-        ),
-        "qwen3_vl": Family(
-            "qwen3_vl", lambda attn="sdpa", num_layers=6, seed=0: more.tiny_qwen3_vl(attn, num_layers, seed),
-            more.qwen3_prompt, more.qwen3_batch,
-        ),
-    }
+    return models_more.families(Family)
 
 
 # `make test-compat` runs the engine tests on older transformers releases for the first three

@@ -1,5 +1,9 @@
-"""Tiny random LLaVA-NeXT, LLaVA-OneVision, InternVL and Qwen3-VL models from the real config
-classes, and prompts for them (the shapes the processors produce, built directly)."""
+"""Tiny random LLaVA-NeXT, LLaVA-OneVision, InternVL, Qwen3-VL and Mistral 3 models from the real
+config classes, and prompts for them (the shapes the processors produce, built directly).
+
+`families(Family)` lists them for `tests.helpers.models.FAMILIES` (the invariant suite): a new family
+adds its builder here and one entry there.
+"""
 
 from __future__ import annotations
 
@@ -192,3 +196,98 @@ def qwen3_batch(prompts, padding_side: str = "left") -> dict:
     from tests.helpers.models import qwen_batch
 
     return qwen_batch(prompts, padding_side)
+
+
+# ----------------------------------------------------------------------------- Mistral 3
+MISTRAL3_PATCH, MISTRAL3_MERGE = 4, 2  # 4-px patches merged 2 x 2: one [IMG] per 8 x 8 pixels
+IMG_BREAK, IMG_END = START, END  # text tokens after each row of [IMG] and after the last
+
+
+def tiny_mistral3(attn: str = "sdpa", num_layers: int = 6, seed: int = 0, decoder: str = "mistral"):
+    """Mistral 3 at toy size: Pixtral tower (2-D rotary patches), 2 x 2 patch merger, Mistral decoder
+    (no sliding window, as released) with GQA."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    vision = dict(
+        model_type="pixtral", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        head_dim=8, image_size=64, patch_size=MISTRAL3_PATCH,
+    )
+    text = dict(TEXT, num_hidden_layers=num_layers, model_type=decoder, head_dim=16, sliding_window=None)
+    config = Mistral3Config(
+        vision_config=vision, text_config=text, image_token_index=IMAGE, spatial_merge_size=MISTRAL3_MERGE,
+        vision_feature_layer=-1, tie_word_embeddings=False,  # as released: the tests scale lm_head alone
+    )
+    return _build(Mistral3ForConditionalGeneration, config, attn, seed)
+
+
+def mistral3_tokens(height: int, width: int) -> list[int]:
+    """An image's placeholders as the Pixtral processor writes them: rows of [IMG], each closed by
+    [IMG_BREAK], the last by [IMG_END]."""
+    cell = MISTRAL3_PATCH * MISTRAL3_MERGE
+    rows, cols = height // cell, width // cell
+    ids = []
+    for _ in range(rows):
+        ids += [IMAGE] * cols + [IMG_BREAK]
+    return ids[:-1] + [IMG_END]
+
+
+@dataclass(frozen=True)
+class PixtralPrompt:
+    """One sample: ids, and per image its pixels ``(3, H, W)`` at the resized size (multiples of 8)."""
+
+    ids: list[int]
+    images: tuple[torch.Tensor, ...]
+
+
+MISTRAL3_SIZES = ((16, 24), (32, 16))  # (height, width): 2 x 3 and 4 x 2 grids of [IMG]
+
+
+def mistral3_prompt(num_images: int, size: int = 0, seed: int = 0, text_before: int = 3) -> PixtralPrompt:
+    g = torch.Generator().manual_seed(seed)
+    ids = [1] + torch.randint(5, 50, (text_before,), generator=g).tolist()
+    images = []
+    for i in range(num_images):
+        height, width = MISTRAL3_SIZES[(size + i) % 2] if i < 2 else (16, 16)
+        ids += mistral3_tokens(height, width)
+        images.append(torch.randn(3, height, width, generator=g))
+    ids += torch.randint(5, 50, (4,), generator=g).tolist()
+    return PixtralPrompt(ids, tuple(images))
+
+
+def mistral3_batch(prompts: list[PixtralPrompt], padding_side: str = "left") -> dict:
+    """As the Pixtral processor returns: images zero-padded to the batch's largest, plus their ``image_sizes``."""
+    inputs = pad_ids(prompts, padding_side)
+    images = [image for p in prompts for image in p.images]
+    if images:
+        height, width = max(im.shape[1] for im in images), max(im.shape[2] for im in images)
+        pixels = torch.zeros(len(images), 3, height, width)
+        for i, im in enumerate(images):
+            pixels[i, :, : im.shape[1], : im.shape[2]] = im
+        inputs["pixel_values"] = pixels
+        inputs["image_sizes"] = torch.tensor([list(im.shape[1:]) for im in images])
+    return inputs
+
+
+# ----------------------------------------------------------------------------- the invariant suite's entries
+def families(Family) -> dict:
+    """``FAMILIES`` entries (`tests.helpers.models.Family`) of the families built here."""
+
+    def anyres(family):
+        return lambda attn="sdpa", num_layers=6, seed=0: tiny_llava_next(family, attn, num_layers, seed)
+
+    return {
+        "llava_next": Family("llava_next", anyres("llava_next"), anyres_prompt, anyres_batch),
+        "llava_onevision": Family("llava_onevision", anyres("llava_onevision"), anyres_prompt, anyres_batch),
+        "internvl": Family(
+            "internvl", lambda attn="sdpa", num_layers=6, seed=0: tiny_internvl(attn, num_layers, seed),
+            internvl_prompt, internvl_batch,
+        ),
+        "qwen3_vl": Family(
+            "qwen3_vl", lambda attn="sdpa", num_layers=6, seed=0: tiny_qwen3_vl(attn, num_layers, seed),
+            qwen3_prompt, qwen3_batch,
+        ),
+        "mistral3": Family(
+            "mistral3", lambda attn="sdpa", num_layers=6, seed=0: tiny_mistral3(attn, num_layers, seed),
+            mistral3_prompt, mistral3_batch,
+        ),
+    }

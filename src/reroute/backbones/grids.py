@@ -8,12 +8,15 @@ original image (in its pixels) that the model's grid spans. It can stick out of 
 * LLaVA-1.5 (`llava_grids`): every image is one square span of ``<image>`` tokens (576 at
   336 px); the processor pads to a square (``do_pad``), resizes and centre-crops, and
   `llava_region` undoes those steps.
-* Qwen2.5-VL / Qwen2-VL (`qwen_grids`): image ``i`` has a ``(t, h, w)`` patch grid
+* Qwen2.5-VL / Qwen2-VL / Qwen3-VL (`qwen_grids`): image ``i`` has a ``(t, h, w)`` patch grid
   (``image_grid_thw``); the merger joins 2 x 2 patches, so its tokens form ``t`` rasters of
   ``(h / 2) x (w / 2)`` merged tokens (odd sides are common). The processor resized the
   whole image (no crop), so the grid spans the whole original image.
 
-Several images give several grids, in prompt order.
+Several images give several grids, in prompt order. Which rule a model follows is its family
+adapter's declaration (``Backbone.grids``, the ``*_prompt_grids`` functions below, or a rule in the
+adapter's own file); `reroute.backbones.grids_for` asks it. ``Backbone.answer_frame`` says in which
+frame the family's answer boxes are given (`processed_pixels`, `per_mille`).
 """
 
 from __future__ import annotations
@@ -245,27 +248,26 @@ def model_frame(grid_thw: Sequence[int], patch_size: int = 14) -> tuple[int, int
     return (w * patch_size, h * patch_size)
 
 
-# ----------------------------------------------------------------------------- dispatch
+# ----------------------------------------------------------------------------- per-family rules
+# What adapters declare as ``Backbone.grids``: (config, processor, inputs, image_sizes, sample) -> grids,
+# and as ``Backbone.answer_frame``: (config, grid) -> the (width, height) answer boxes are given in.
 
 
-def grids_for(model, processor, inputs: dict, image_sizes: Sequence[tuple[int, int]], sample: int = 0) -> list[TokenGrid]:
-    """The token grids of sample ``sample`` of a processed batch, for a supported model family.
-
-    image_sizes: the original ``(width, height)`` of that sample's images, in prompt order.
-    """
-    config = model.config
+def llava_prompt_grids(config, processor, inputs: dict, image_sizes: Sequence[tuple[int, int]], sample: int = 0) -> list[TokenGrid]:
+    """LLaVA-1.5: `llava_grids` of sample ``sample`` of a processed batch."""
     ids = inputs["input_ids"][sample]
-    model_type = getattr(config, "model_type", "")
-    if model_type == "llava":
-        return llava_grids(ids, config.image_token_id, image_sizes, getattr(processor, "image_processor", None))
-    if model_type in ("qwen2_5_vl", "qwen2_vl"):
-        thw = inputs["image_grid_thw"]
-        # rows of image_grid_thw belong to the samples in order: skip the earlier samples' images
-        counts = [_count_images(row, config) for row in inputs["input_ids"]]
-        first = sum(counts[:sample])
-        merge = getattr(config.vision_config, "spatial_merge_size", 2)
-        return qwen_grids(ids, config.image_token_id, thw[first : first + counts[sample]], image_sizes, merge)
-    raise ValueError(f"no token-grid mapping for model type {model_type!r}; supported: llava, qwen2_5_vl, qwen2_vl")
+    return llava_grids(ids, config.image_token_id, image_sizes, getattr(processor, "image_processor", None))
+
+
+def qwen_prompt_grids(config, processor, inputs: dict, image_sizes: Sequence[tuple[int, int]], sample: int = 0) -> list[TokenGrid]:
+    """Qwen2-VL, Qwen2.5-VL, Qwen3-VL: `qwen_grids` of sample ``sample`` of a processed batch."""
+    ids = inputs["input_ids"][sample]
+    thw = inputs["image_grid_thw"]
+    # rows of image_grid_thw belong to the samples in order: skip the earlier samples' images
+    counts = [_count_images(row, config) for row in inputs["input_ids"]]
+    first = sum(counts[:sample])
+    merge = getattr(config.vision_config, "spatial_merge_size", 2)
+    return qwen_grids(ids, config.image_token_id, thw[first : first + counts[sample]], image_sizes, merge)
 
 
 def _count_images(ids: torch.Tensor, config) -> int:
@@ -273,3 +275,15 @@ def _count_images(ids: torch.Tensor, config) -> int:
     ids = torch.as_tensor(ids)
     starts = torch.nonzero(ids[:-1] == config.vision_start_token_id).flatten()
     return int((ids[starts + 1] == config.image_token_id).sum())
+
+
+def processed_pixels(config, grid: TokenGrid) -> tuple[float, float]:
+    """Answers in pixels of the image as the model saw it: the grid's cells times the pixels one token covers."""
+    vision = config.vision_config
+    cell = vision.patch_size * (getattr(vision, "spatial_merge_size", 1) or 1)
+    return (grid.cols * cell, grid.rows * cell)
+
+
+def per_mille(config, grid: TokenGrid) -> tuple[float, float]:
+    """Answers in thousandths of the image's width and height (Qwen2-VL, Qwen3-VL)."""
+    return (1000.0, 1000.0)

@@ -1,16 +1,24 @@
-"""Qwen2.5-VL and Qwen2-VL: dynamic-resolution vision tower, Qwen2 decoder with 3-D M-RoPE."""
+"""Qwen2-VL (``Qwen2VLForConditionalGeneration``): dynamic-resolution vision tower, Qwen2 decoder with
+3-D M-RoPE; and `QwenVLLayout`, the decoder layout the Qwen-VL adapters share.
+
+Qwen2-VL declares token grids and its answer-box frame (0-1000); no evaluation protocol (``reroute
+eval --family qwen2_5_vl`` runs it with Qwen2.5-VL's), no Nüwa tower (Nüwa's stage 1 is defined on
+Qwen2.5-VL's windowed tower), no released shape.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from reroute.backbones.base import Backbone
+from reroute.backbones.base import Backbone, register_backbone
+from reroute.backbones.grids import per_mille, qwen_prompt_grids
 from reroute.runtime.adapter import Positions
 from reroute.runtime.compat import apply_rotary_pos_emb
 
 
-class Qwen2VLBackbone(Backbone):
-    model_classes = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
+class QwenVLLayout(Backbone):
+    """The Qwen-VL decoder layout (image and video placeholders, 3-D positions); declares nothing."""
+
     # The engine's tables are (B, L, head_dim) with the M-RoPE sections merged (by the rotary
     # module since transformers 5.23, by reroute.runtime.compat before), so the plain rotation applies.
     apply_rotary = staticmethod(apply_rotary_pos_emb)
@@ -35,3 +43,12 @@ class Qwen2VLBackbone(Backbone):
         if position_ids.ndim == 3 and position_ids.shape[0] == 4:
             return Positions(rope=position_ids[1:], text=position_ids[0])
         return Positions(rope=position_ids, text=None)
+
+
+@register_backbone
+class Qwen2VLBackbone(QwenVLLayout):
+    model_classes = ("Qwen2VLForConditionalGeneration",)
+    family = "Qwen2-VL"
+    model_types = ("qwen2_vl", "qwen2_vl_text")
+    grids = staticmethod(qwen_prompt_grids)
+    answer_frame = staticmethod(per_mille)

@@ -11,7 +11,8 @@ import torch
 
 from reroute.budgets import preset as budget_preset
 from reroute.config import RoutingConfig
-from reroute.backbones.released import MODEL_SHAPES, build_llava, llava_config
+from reroute.backbones import released_shapes
+from reroute.backbones.released import build_llava, llava_config
 
 # --------------------------------------------------------------------------------------
 # model shapes
@@ -36,8 +37,9 @@ class BenchShape:
 
 
 def shape_of_released(name: str, description: str, **overrides: Any) -> BenchShape:
-    """The `BenchShape` of a released LLaVA config from `reroute.backbones.released` (one source for its dimensions)."""
-    config = MODEL_SHAPES[name]()
+    """The `BenchShape` of a released LLaVA config its adapter declares (`reroute.backbones.released_shapes`,
+    one source for its dimensions)."""
+    config = released_shapes()[name].config()
     text, vision = config.text_config, config.vision_config
     return BenchShape(
         name=name,

@@ -11,21 +11,19 @@ from __future__ import annotations
 import argparse
 import json
 
+from reroute.backbones import released_shapes
 from reroute.budgets import PAPER_TIERS, REFERENCE_NUM_VISUAL, preset, preset_names
-from reroute.methods.nuwa import QWEN_RATIOS
-from reroute.methods.nuwa.presets import NUWA_PRESETS, nuwa_family
 from reroute.budgets.cost import CostReport, cost
-from reroute.backbones.released import MODEL_SHAPES, VISUAL_TOKENS_PER_IMAGE
-
-
-MODELS = MODEL_SHAPES
+from reroute.methods.nuwa import QWEN_RATIOS
+from reroute.methods.nuwa.presets import NUWA_PRESETS, publishes_keep_ratios
+from reroute.registry import PRESETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="llava-1.5-7b",
-        help=f"a named shape ({', '.join(sorted(MODELS))}), a local folder with a config.json, or a hub id "
+        help=f"a named shape ({', '.join(sorted(released_shapes()))}), a local folder with a config.json, or a hub id "
         "(its config only) (default: %(default)s)",
     )
     parser.add_argument(
@@ -60,8 +58,9 @@ def load_config(model: str):
 
     from transformers import AutoConfig
 
-    if model in MODELS:
-        return MODELS[model]()
+    shapes = released_shapes()
+    if model in shapes:
+        return shapes[model].config()
     local = os.path.isdir(model)
     try:
         return AutoConfig.from_pretrained(model, local_files_only=local)
@@ -69,23 +68,32 @@ def load_config(model: str):
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         where = "the folder has no readable config.json" if local else "no such folder, and the hub gave no config"
         raise ValueError(
-            f"--model {model!r}: {where} ({reason}); pass one of {', '.join(sorted(MODELS))}, "
+            f"--model {model!r}: {where} ({reason}); pass one of {', '.join(sorted(shapes))}, "
             "a folder holding a config.json, or a hub id this machine can reach"
         ) from None
 
 
-def rows(model_name: str, ratios: str, num_visual: int, num_text: int) -> list[Row]:
-    """Vanilla, then every preset at the paper's three tiers (scaled to ``num_visual``).
+def unavailable(config) -> dict[str, str]:
+    """The presets that refuse this model's family (Nüwa where the adapter declares no tower it knows), with why."""
+    refusals = {name: PRESETS.get(name).refusal(config) for name in preset_names()}
+    return {name: reason for name, reason in refusals.items() if reason is not None}
+
+
+def rows(config, ratios: str, num_visual: int, num_text: int) -> list[Row]:
+    """Vanilla, then every preset the model's family allows (`unavailable`) at the paper's three tiers
+    (scaled to ``num_visual``).
 
     Nüwa's published Qwen2.5-VL settings are overall keep ratios (0.25 / 0.5 / 0.75), not
     tiers: with ``ratios="paper"`` on a Qwen shape its rows are at ``keep x num_visual``.
     """
-    config = load_config(model_name)
+    skipped = unavailable(config)
     table: list[Row] = [("vanilla", None, None, cost(None, config, num_visual, num_text))]
     for name in preset_names():
+        if name in skipped:
+            continue
         for tier in PAPER_TIERS:
             target = target_avg_t(tier, num_visual)
-            if name in NUWA_PRESETS and ratios == "paper" and nuwa_family(config) == "qwen2_5_vl":
+            if name in NUWA_PRESETS and ratios == "paper" and publishes_keep_ratios(config):
                 keep = sorted(QWEN_RATIOS, reverse=True)[PAPER_TIERS.index(tier)]
                 routing = preset(name, keep * num_visual, model=config, ratios="paper", num_visual=num_visual)
                 table.append((name, None, keep * num_visual, cost(routing, config, num_visual, num_text)))
@@ -143,13 +151,15 @@ def run(args: argparse.Namespace) -> int:
     from reroute.errors import UserError
 
     if args.num_visual is None:
-        args.num_visual = VISUAL_TOKENS_PER_IMAGE.get(args.model, REFERENCE_NUM_VISUAL)
+        shape = released_shapes().get(args.model)
+        args.num_visual = REFERENCE_NUM_VISUAL if shape is None else shape.visual_tokens
     if args.num_visual < 1 or args.num_text < 0:
         raise UserError(
             f"--num-visual must be at least 1 and --num-text at least 0, got {args.num_visual} and {args.num_text}"
         )
     try:
-        table = rows(args.model, args.ratios, args.num_visual, args.num_text)
+        config = load_config(args.model)
+        table = rows(config, args.ratios, args.num_visual, args.num_text)
     except ValueError as error:
         raise UserError(str(error)) from None
     dims = table[0][3].dims
@@ -162,9 +172,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"tiers 192/128/64 (of {REFERENCE_NUM_VISUAL} tokens) scaled to {args.num_visual} visual tokens")
     print("TFLOPs: decoder prefill, paper formula 4nd^2+2n^2d+2ndm; exact: every matmul (2 FLOPs/MAC). "
           "avg_T: continuous, and with the integer keep counts used.")  # fmt: skip
-    print("nuwa rows: K = kept fraction of the visual tokens before the decoder (stage 1), n per 2x2 cell, then the "
-          "decoder's keep ratios of K; the stage-1 merge adds the vision-side GFLOPs of the last column.\n")  # fmt: skip
+    if any(name in NUWA_PRESETS for name, *_ in table):
+        print("nuwa rows: K = kept fraction of the visual tokens before the decoder (stage 1), n per 2x2 cell, then "
+              "the decoder's keep ratios of K; the stage-1 merge adds the vision-side GFLOPs of the last column.")  # fmt: skip
+    print()
     print(format_table(table))
+    refused: dict[str, list[str]] = {}
+    for name, reason in unavailable(config).items():
+        refused.setdefault(reason, []).append(name)
+    for reason, names in refused.items():
+        print(f"{', '.join(names)}: not available: {reason}")
     if args.json:
         payload = [
             {"model": args.model, "preset": name, "tier": tier, "target_avg_t": target, "ratios": args.ratios}

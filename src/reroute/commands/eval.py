@@ -12,11 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import reroute.demo  # noqa: F401  registers the demo model's family (``--family demo``)
 from reroute.budgets import preset_names
 from reroute.commands.common import check_paper_tier
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
-from reroute.eval.task import MODEL_FAMILIES
+from reroute.eval.task import model_families
+
+#: the prompt families ``--family`` offers: the evaluation protocols the family adapters declare
+MODEL_FAMILIES = model_families()
 
 #: routed presets come from the preset registry (`reroute.budgets.preset_names`; a method folder registers its own)
 VANILLA = "vanilla"
@@ -173,13 +177,12 @@ def load_model(model_id: str, dtype: str, device: str) -> tuple[Any, Any]:
 
 
 def model_num_visual(model: Any) -> int | None:
-    """Visual tokens per image when the family fixes it (LLaVA: the vision grid), else None."""
-    config = model.config
-    if config.model_type != "llava":
-        return None
-    vision = config.vision_config
-    extra = 1 if getattr(config, "vision_feature_select_strategy", "default") == "full" else 0
-    return (vision.image_size // vision.patch_size) ** 2 + extra
+    """Visual tokens per image when the family fixes it (its adapter's ``visual_tokens_per_image``:
+    LLaVA-1.5's vision grid), else None."""
+    from reroute.backbones import backbone_for
+
+    count = backbone_for(model).visual_tokens_per_image
+    return None if count is None else count(model.config)
 
 
 def routing_config(preset: str, tier: float | None, ratios: str, model: Any) -> Any:

@@ -34,24 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
-def answer_frame(model, grid) -> tuple[float, float]:
-    """Width and height of the frame a model's answer boxes are given in, when not 0-1 fractions:
-    the processed image in pixels (LLaVA, Qwen2.5-VL); Qwen2-VL answers in 0-1000."""
-    config = model.config
-    if config.model_type == "qwen2_vl":
-        return (1000.0, 1000.0)
-    vision = config.vision_config
-    cell = vision.patch_size * (getattr(vision, "spatial_merge_size", 1) or 1)
-    return (grid.cols * cell, grid.rows * cell)
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
     from reroute import apply
+    from reroute.backbones import backbone_for, grids_for
     from reroute.demo.synthetic import parse_box as parse_answer_box
-    from reroute.backbones.grids import grids_for
     from reroute.viz.collect import prompt_text
     from reroute.viz import RunView, plot_decisions
 
@@ -85,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     tokenizer = getattr(processor, "tokenizer", processor)
     first_grid = next(g for g in grids if g.image_index == 0)
+    family = backbone_for(model, processor)  # its answer-box frame: None leaves boxes in numbers above 1 undrawn
     runs = []
     for name, config in configs.items():
         with apply(model, config, record_scores=True) as handle, torch.no_grad():
@@ -92,11 +82,14 @@ def run(args: argparse.Namespace) -> int:
         answer = tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
         named = parse_answer_box(answer)
         answer_box = None
-        if named is not None:
-            frame = (1.0, 1.0) if max(named) <= 1.0 else answer_frame(model, first_grid)
-            answer_box = first_grid.frame_to_image(named, frame)
+        if named is not None and max(named) <= 1.0:
+            answer_box = first_grid.frame_to_image(named, (1.0, 1.0))
+        elif named is not None and family.answer_frame is not None:
+            answer_box = first_grid.frame_to_image(named, family.answer_frame(model.config, first_grid))
         runs.append(RunView.from_trace(handle.trace, name=name, answer=answer, answer_box=answer_box))
         print(f"{name}: {answer}")
+        if named is not None and answer_box is None:
+            print(f"  (its box is not drawn: {family.family} declares no answer-box frame for numbers above 1)")
 
     budget = "same budget" if args.config else f"paper tier {args.tier:g} ({args.ratios} ratios)"
     title = f"{args.prompt}\n{' vs '.join(configs)}, {budget}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from reroute.eval.task import MODEL_FAMILIES, EvalSample, Metric, Task
+from reroute.eval.task import EvalSample, Metric, Task, model_families
 
 # public name -> module that defines it (imported on first access)
 _LAZY: dict[str, str] = {
@@ -21,7 +21,7 @@ _LAZY: dict[str, str] = {
     "get_family": "reroute.eval.families",
 }
 
-__all__ = ["MODEL_FAMILIES", "EvalSample", "Metric", "Task", *_LAZY]
+__all__ = ["EvalSample", "Metric", "Task", "model_families", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -45,7 +45,7 @@ class EvalRun:
     name: the run's folder name under the output directory.
     config: the routing config; None is vanilla.
     model_id: the hub id or directory the model came from (recorded in summaries).
-    family: the model family (`reroute.eval.task.MODEL_FAMILIES`).
+    family: the model family (`reroute.eval.task.model_families`).
     rec_frame: "original" (the paper's convention: REC answers read in the original image's
         frame) or "resized" (Qwen2.5-VL: in the frame the processor resized the image to).
     batch_size: samples per generate() call.

@@ -16,8 +16,13 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-#: model families whose prompts and answer formats the tasks know
-MODEL_FAMILIES: tuple[str, ...] = ("llava", "qwen2_5_vl", "demo")
+
+def model_families() -> tuple[str, ...]:
+    """The model families a task can write prompts for: the evaluation protocols the family adapters
+    declare (`reroute.backbones.evaluation_protocols`), by name; ``demo`` once `reroute.demo` is imported."""
+    from reroute.backbones import evaluation_protocols
+
+    return tuple(evaluation_protocols())
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,8 @@ class Task(Protocol):
         ...
 
     def prompt(self, sample: EvalSample, model_family: str) -> str:
-        """The user text for ``model_family`` (no chat template, no image placeholder)."""
+        """The user text for ``model_family`` (no chat template, no image placeholder); what differs per
+        family comes from its protocol (`reroute.eval.tasks.common.family_protocol`)."""
         ...
 
     def max_new_tokens(self) -> int:

@@ -18,7 +18,8 @@ import torch
 from reroute.viz.statistics import DecisionStats, RunSummary, RunTraces, TracedSample, analyze_traces, summarize_runs
 from reroute.apply import apply
 from reroute.config import RoutingConfig
-from reroute.backbones.grids import Box, grids_for
+from reroute.backbones import backbone_for, evaluation_protocols, grids_for
+from reroute.backbones.grids import Box
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,11 @@ def prompt_text(processor, user_text: str, num_images: int) -> str:
 
 
 def model_family(model, processor) -> str:
-    """The prompt family an evaluation task writes for (`reroute.eval.task.MODEL_FAMILIES`): the runner's rule."""
-    from reroute.eval.families import detect_family
-
-    return detect_family(model, processor)
+    """The prompt family an evaluation task writes for: the protocol the model's family adapter declares
+    (`reroute.backbones.base.Backbone.evaluation`; the runner's rule, `reroute.eval.families.detect_family`)."""
+    families = ", ".join(evaluation_protocols())
+    protocol = backbone_for(model, processor).require("evaluation", f"tasks write their prompts for {families}")
+    return protocol.name
 
 
 def encode_items(processor, items: Sequence[PromptItem]) -> dict:
@@ -65,8 +67,6 @@ def encode_items(processor, items: Sequence[PromptItem]) -> dict:
 
 def count_visual(model, processor, item: PromptItem) -> int:
     """The visual tokens of one item's prompt (what the presets' tiers are scaled to)."""
-    from reroute.backbones import backbone_for
-
     inputs = encode_items(processor, [item])
     return int(backbone_for(model).visual_mask(model.config, inputs["input_ids"]).sum())
 

@@ -23,7 +23,9 @@ import reroute
 from reroute import RoutingConfig
 from reroute.backbones import backbone_for
 from reroute.budgets import avg_t
-from reroute.backbones.released import build_llava, llava_config, llava_1_5_7b, qwen2_5_vl_7b
+from reroute.backbones.llava import llava_1_5_7b
+from reroute.backbones.qwen2_5_vl import qwen2_5_vl_7b
+from reroute.backbones.released import build_llava, llava_config
 from reroute.methods.nuwa import NuwaParams, NuwaRatios, nuwa_llava_stage1, nuwa_qwen_stage1
 from tests.helpers.nuwa_place import place_stage1
 from reroute.runtime.compat import CACHE_KEYWORD, output_cache
@@ -309,14 +311,21 @@ def test_vision_params_errors(params, message):
 
 
 def test_nuwa_refuses_a_model_it_is_not_defined_for():
+    """By what the family's adapter declares: Qwen2-VL declares no Nüwa tower, so the presets refuse it
+    (no LLaVA settings borrowed) and so does apply() with a hand-made config."""
     import re
 
     model = tiny_qwen("qwen2_vl")
-    config = reroute.preset("nuwa", 4, model=model, num_visual=16)
-    message = (
-        "vision stage 'nuwa' supports LlavaForConditionalGeneration and Qwen2_5_VLForConditionalGeneration, "
-        "not Qwen2VLForConditionalGeneration; use vision_stage=None"
+    lacks = (
+        "Qwen2-VL declares no Nüwa tower kind (Qwen2VLBackbone.nuwa_tower): Nüwa's stage 1 is defined for "
+        "LlavaForConditionalGeneration and Qwen2_5_VLForConditionalGeneration"
     )
+    for target in (model, model.config):
+        with pytest.raises(ValueError, match=f"^{re.escape(lacks)}$"):
+            reroute.preset("nuwa", 4, model=target, num_visual=16)
+    config = RoutingConfig(action="remove", decision_layers=(3,), keep_ratios=(0.5,), scorer="nuwa_qwen",
+                           vision_stage="nuwa", vision_params={"keep_fraction": 0.5, "per_cell": 2})
+    message = f"vision stage 'nuwa': {lacks}; use vision_stage=None"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         reroute.apply(model, config)
     assert "forward" not in model.__dict__  # refused before any state changed

@@ -1,4 +1,4 @@
-"""What every benchmark module shares: argument checks, unique ids, the short-answer post-prompt."""
+"""What every benchmark module shares: the family's protocol, argument checks, unique ids, the short-answer post-prompt."""
 
 from __future__ import annotations
 
@@ -7,17 +7,25 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from reroute.eval.task import MODEL_FAMILIES
+from reroute.backbones import EvalProtocol, evaluation_protocols
 from reroute.eval.tasks.files import ParquetSplit
 
 #: lmms-eval's default post-prompt for short-answer VQA (POPE, GQA, MME)
 SHORT_ANSWER_POST_PROMPT = "\nAnswer the question using a single word or phrase."
 
 
+def family_protocol(model_family: str) -> EvalProtocol:
+    """The evaluation protocol a family's adapter declares under ``model_family``; one-line ValueError
+    for a name no adapter declares."""
+    protocols = evaluation_protocols()
+    if model_family not in protocols:
+        raise ValueError(f"unknown model family {model_family!r}; expected one of {', '.join(protocols)}")
+    return protocols[model_family]
+
+
 def check_family(model_family: str) -> None:
-    """One-line ValueError for a model family no task knows."""
-    if model_family not in MODEL_FAMILIES:
-        raise ValueError(f"unknown model family {model_family!r}; expected one of {', '.join(MODEL_FAMILIES)}")
+    """One-line ValueError for a model family no task knows (`family_protocol`)."""
+    family_protocol(model_family)
 
 
 def check_limit(limit: int | None) -> None:

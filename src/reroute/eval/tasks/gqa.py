@@ -9,7 +9,7 @@ from typing import Any
 
 from reroute.eval.metrics.gqa import gqa_metrics, normalize_answer
 from reroute.eval.task import EvalSample, Metric
-from reroute.eval.tasks.common import SHORT_ANSWER_POST_PROMPT, RowImages, check_family, check_limit, check_unique
+from reroute.eval.tasks.common import SHORT_ANSWER_POST_PROMPT, RowImages, check_family, check_limit, check_unique, family_protocol
 from reroute.eval.tasks.files import DatasetFormatError, HubDataset, HubTask
 
 GQA = HubDataset(("GQA",))
@@ -56,10 +56,7 @@ class GqaTask(HubTask):
         return samples
 
     def prompt(self, sample: EvalSample, model_family: str) -> str:
-        check_family(model_family)
-        if model_family == "demo":
-            return sample.question
-        return sample.question + SHORT_ANSWER_POST_PROMPT
+        return sample.question + family_protocol(model_family).post_prompt(SHORT_ANSWER_POST_PROMPT)
 
     def max_new_tokens(self) -> int:
         return 16  # lmms-eval's GQA setting

@@ -9,7 +9,7 @@ from typing import Any
 
 from reroute.eval.metrics.mme import mme_label, mme_metrics
 from reroute.eval.task import EvalSample, Metric
-from reroute.eval.tasks.common import SHORT_ANSWER_POST_PROMPT, RowImages, check_family, check_limit, check_unique
+from reroute.eval.tasks.common import SHORT_ANSWER_POST_PROMPT, RowImages, check_family, check_limit, check_unique, family_protocol
 from reroute.eval.tasks.files import HubDataset, HubTask
 
 MME = HubDataset(("MME",))
@@ -52,10 +52,8 @@ class MmeTask(HubTask):
         return samples
 
     def prompt(self, sample: EvalSample, model_family: str) -> str:
-        check_family(model_family)
-        if model_family == "demo":
-            return sample.question.replace(MME_INSTRUCTION, "")
-        return sample.question.replace(MME_INSTRUCTION, "") + SHORT_ANSWER_POST_PROMPT
+        post_prompt = family_protocol(model_family).post_prompt(SHORT_ANSWER_POST_PROMPT)
+        return sample.question.replace(MME_INSTRUCTION, "") + post_prompt
 
     def max_new_tokens(self) -> int:
         return 16  # lmms-eval's MME setting

@@ -3,7 +3,8 @@
 Each file row is one object: ``bbox`` is ``[x, y, w, h]`` in pixels of the original image and
 ``answer`` the list of its referring expressions. Every expression is one sample (rows are
 exploded at load, so counts come from the files), asked as the model family's grounding
-prompt; the target is the object's box as normalised ``[x1, y1, x2, y2]``.
+prompt (its protocol's ``grounding_prompt``, `reroute.backbones.evaluation`); the target is the
+object's box as normalised ``[x1, y1, x2, y2]``.
 """
 
 from __future__ import annotations
@@ -13,20 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reroute.demo.synthetic import GROUNDING_PREFIX
 from reroute.eval.metrics.rec import is_pixel_box, normalize_box, parse_box, rec_metrics, xywh_to_xyxy_normalized
 from reroute.eval.task import EvalSample, Metric
-from reroute.eval.tasks.common import RowImages, check_family, check_limit, check_unique
+from reroute.eval.tasks.common import RowImages, check_family, check_limit, check_unique, family_protocol
 from reroute.eval.tasks.files import HubDataset, HubTask
-
-#: LLaVA-1.5's RefCOCO prompt (lmms-eval's ``refcoco_bbox_rec``); the expression follows it
-LLAVA_PROMPT = (
-    "Bounding box coordinates are specified in the format (top-left x, top-left y, bottom-right x, "
-    "bottom-right y). All values are floating point numbers bounded between 0 and 1. Please provide "
-    "the bounding box coordinate of the region this sentence describes: "
-)
-#: Qwen2.5-VL's grounding prompt (it answers JSON with pixel boxes in the frame it saw)
-QWEN_PROMPT = "Locate {expression} in this image and output the bbox coordinates in JSON format."
 
 REFCOCO = HubDataset(("RefCOCO",))
 REFCOCO_PLUS = HubDataset(("RefCOCOPlus", "RefCOCOplus"))  # lmms-lab-encoder spells it RefCOCOplus
@@ -74,12 +65,7 @@ class RecTask(HubTask):
         return samples
 
     def prompt(self, sample: EvalSample, model_family: str) -> str:
-        check_family(model_family)
-        if model_family == "qwen2_5_vl":
-            return QWEN_PROMPT.format(expression=sample.question)
-        if model_family == "demo":
-            return f"{GROUNDING_PREFIX} {sample.question}."
-        return LLAVA_PROMPT + sample.question
+        return family_protocol(model_family).grounding_question(sample.question)
 
     def max_new_tokens(self) -> int:
         return 128  # room for Qwen2.5-VL's JSON answer with its label

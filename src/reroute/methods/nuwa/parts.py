@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from reroute.backbones import BACKBONES, backbone_for, backbone_for_config
 from reroute.methods.scorer import Scorer, ScoringInputs, register_scorer
 from reroute.methods.vision_stage import StageImage, VisionStage, register_vision_stage
 from reroute.methods.nuwa import (
@@ -34,8 +35,21 @@ from reroute.methods.nuwa.params import LLAVA_NUM_VISUAL, LLAVA_TIERS
 
 #: the quantile of the anchors' saliency below which an anchor merges (LLaVA-1.5, Qwen2.5-VL)
 LLAVA_QUANTILE, QWEN_QUANTILE = 0.55, 0.1
-#: the model classes stage 1 is defined for
-_MODELS = ("LlavaForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+#: the vision towers stage 1 is defined for, as family adapters declare them (`Backbone.nuwa_tower`):
+#: a CLIP ViT whose CLS attention gives saliency (LLaVA-1.5), Qwen2.5-VL's windowed tower
+CLIP_CLS, QWEN2_5_VIT = "clip_cls", "qwen2_5_vit"
+TOWERS = (CLIP_CLS, QWEN2_5_VIT)
+
+
+def nuwa_tower(model) -> str:
+    """The Nüwa tower kind of a model (by its class) or config (by its model type), as its family's
+    adapter declares it; `reroute.backbones.NotDeclared` (a one-line ValueError) where it declares none."""
+    backbone = backbone_for(model) if isinstance(model, nn.Module) else backbone_for_config(model)
+    classes = " and ".join(sorted({c for b in BACKBONES if b.nuwa_tower in TOWERS for c in b.model_classes}))
+    tower = backbone.require("nuwa_tower", f"Nüwa's stage 1 is defined for {classes}")
+    if tower not in TOWERS:
+        raise ValueError(f"{backbone.family} declares Nüwa tower {tower!r}; Nüwa knows {', '.join(TOWERS)}")
+    return tower
 
 
 def _anchors(num_tokens: int, keep_fraction: float) -> int:
@@ -46,10 +60,11 @@ def _anchors(num_tokens: int, keep_fraction: float) -> int:
 @register_vision_stage
 class NuwaStage(VisionStage):
     """Nüwa's stage 1 on LLaVA-1.5 (CLIP CLS saliency, additive merge) or Qwen2.5-VL (received
-    attention in the last block, convex merge). Parameters: ``keep_fraction`` (``K / N`` per
-    image, ``K = ceil``), ``per_cell`` (``n``, 1..4) and ``self_in_denominator`` (0 / 1 or a
-    bool, default False: on LLaVA-1.5 the merge divides by ``1 + sum w`` as Nüwa's code does,
-    docs/nuwa.md; Qwen2.5-VL's convex merge already counts the anchor itself and ignores it)."""
+    attention in the last block, convex merge), chosen by the tower kind the family's adapter
+    declares (`nuwa_tower`). Parameters: ``keep_fraction`` (``K / N`` per image, ``K = ceil``),
+    ``per_cell`` (``n``, 1..4) and ``self_in_denominator`` (0 / 1 or a bool, default False: on
+    LLaVA-1.5 the merge divides by ``1 + sum w`` as Nüwa's code does, docs/nuwa.md; Qwen2.5-VL's
+    convex merge already counts the anchor itself and ignores it)."""
 
     name = "nuwa"
     # default: LLaVA-1.5's tier-64 anchors (K = 112 of 576)
@@ -81,18 +96,16 @@ class NuwaStage(VisionStage):
         return num_tokens * self.resolved(params)["keep_fraction"]
 
     def check_model(self, model: nn.Module) -> None:
-        kind = type(model).__name__
-        if kind not in _MODELS:
-            raise ValueError(
-                f"vision stage 'nuwa' supports {' and '.join(_MODELS)}, not {kind}; use vision_stage=None"
-            )
+        try:
+            nuwa_tower(model)
+        except ValueError as error:
+            raise ValueError(f"vision stage 'nuwa': {error}; use vision_stage=None") from None
 
     def reduce(self, model: nn.Module, params: Mapping[str, float], inputs: Mapping[str, torch.Tensor]) -> list[StageImage]:
         self.check_model(model)
         p = self.resolved(params)
         per_cell = int(p["per_cell"])
-        kind = type(model).__name__
-        if kind == "LlavaForConditionalGeneration":
+        if nuwa_tower(model) == CLIP_CLS:
             pixels = inputs["pixel_values"]
             vision = model.config.vision_config
             num_tokens = (vision.image_size // vision.patch_size) ** 2
@@ -108,7 +121,7 @@ class NuwaStage(VisionStage):
         """Matmul FLOPs of the merge for one image (saliency and similarity features reuse the tower's pass):
         each merging anchor weighs every token (cosine of ``f``, ``C`` wide) and sums their ``x`` (``D`` wide)."""
         kept = self.kept_count(num_tokens, params)
-        if getattr(model_config, "model_type", "") == "qwen2_5_vl":
+        if nuwa_tower(model_config) == QWEN2_5_VIT:
             width, quantile = model_config.vision_config.out_hidden_size, QWEN_QUANTILE
         else:
             width, quantile = model_config.vision_config.hidden_size, LLAVA_QUANTILE

@@ -27,13 +27,24 @@ from typing import Any
 from reroute.budgets.depth import scale_decision_layers
 from reroute.budgets.presets import register_preset
 from reroute.config import RoutingConfig
-from reroute.runtime.dims import text_config
 from reroute.methods.nuwa.params import LLAVA_NUM_VISUAL, LLAVA_TIERS, QWEN_RATIOS
+from reroute.methods.nuwa.parts import CLIP_CLS, QWEN2_5_VIT, nuwa_tower
 
-#: per family: (reference depth, nuwa's decision layers, nuwa_reroute's decision layers, scorer)
-_FAMILIES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...], str]] = {
-    "llava": (32, (16,), (16, 24), "nuwa_llava"),
-    "qwen2_5_vl": (28, (15,), (15, 22), "nuwa_qwen"),
+
+@dataclass(frozen=True)
+class _Published:
+    """Nüwa's published setting for one tower kind: decision layers on the reference depth, the scorer."""
+
+    reference_depth: int
+    nuwa_layers: tuple[int, ...]
+    reroute_layers: tuple[int, ...]
+    scorer: str
+
+
+#: per tower kind the family adapter declares (`reroute.backbones.base.Backbone.nuwa_tower`)
+_PUBLISHED: dict[str, _Published] = {
+    CLIP_CLS: _Published(32, (16,), (16, 24), "nuwa_llava"),
+    QWEN2_5_VIT: _Published(28, (15,), (15, 22), "nuwa_qwen"),
 }
 #: LLaVA-1.5's published k / K at every tier
 STAGE2_FRACTION = 1 / 7
@@ -41,12 +52,16 @@ _EPS = 1e-9
 
 
 def nuwa_family(model: Any) -> str:
-    """``"qwen2_5_vl"`` for Qwen2.5-VL models and configs, else ``"llava"`` (also for a bare layer count)."""
-    if isinstance(model, int):
-        return "llava"
-    config = getattr(model, "config", model)
-    kinds = {getattr(config, "model_type", None), getattr(text_config(model), "model_type", None)}
-    return "qwen2_5_vl" if kinds & {"qwen2_5_vl", "qwen2_5_vl_text"} else "llava"
+    """The tower kind whose published settings apply to ``model`` (a model, a config, or a bare layer
+    count / None: the paper's LLaVA-1.5); a one-line ValueError for a family whose adapter declares none."""
+    if model is None or isinstance(model, int):
+        return CLIP_CLS
+    return nuwa_tower(model)
+
+
+def publishes_keep_ratios(model: Any) -> bool:
+    """True where Nüwa publishes overall keep ratios (0.25 / 0.5 / 0.75) rather than tiers (Qwen2.5-VL)."""
+    return nuwa_family(model) == QWEN2_5_VIT
 
 
 @dataclass(frozen=True)
@@ -60,8 +75,9 @@ class NuwaPreset:
     def build(self, tier: float, model: Any, depth: int, ratios: str, num_visual: int) -> RoutingConfig:
         """The config at ``tier`` on a decoder of ``depth`` layers (see `reroute.budgets.presets.PresetSpec.build`)."""
         family = nuwa_family(model)
-        reference_depth, nuwa_layers, reroute_layers, scorer = _FAMILIES[family]
-        layers = scale_decision_layers(nuwa_layers if self.action == "remove" else reroute_layers, depth, reference_depth)
+        published = _PUBLISHED[family]
+        layers = published.nuwa_layers if self.action == "remove" else published.reroute_layers
+        layers = scale_decision_layers(layers, depth, published.reference_depth)
         if ratios == "paper":
             per_cell, fraction, stage2 = _paper(family, tier, num_visual)
         elif ratios == "solved":
@@ -72,13 +88,17 @@ class NuwaPreset:
             action=self.action,
             decision_layers=layers,
             keep_ratios=(stage2,) * len(layers),
-            scorer=scorer,
+            scorer=published.scorer,
             vision_stage="nuwa",
             vision_params={"keep_fraction": fraction, "per_cell": per_cell},
         )
 
     def refusal(self, model: Any) -> str | None:
-        """Why Nüwa cannot run on ``model``, or None."""
+        """Why Nüwa cannot run on ``model`` (its family declares no tower Nüwa knows), or None."""
+        try:
+            nuwa_family(model)
+        except (TypeError, ValueError) as error:
+            return str(error)
         return None
 
 
@@ -89,7 +109,7 @@ NUWA_PRESETS: tuple[str, ...] = (NUWA.name, NUWA_REROUTE.name)
 
 
 def _paper(family: str, tier: float, num_visual: int) -> tuple[int, float, float]:
-    if family == "llava":
+    if family == CLIP_CLS:
         if tier not in LLAVA_TIERS:
             raise ValueError(
                 f"ratios='paper' has no Nüwa setting for tier {tier} on LLaVA: Nüwa publishes tiers "

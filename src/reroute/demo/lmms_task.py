@@ -10,7 +10,7 @@ The yaml's functions live here (lmms-eval imports them by module path), and they
 as the demo does: grounding is correct at IoU >= 0.5, VQA by exact match after normalisation.
 Writing the parquet needs ``datasets`` (lmms-eval's dependency); the rest of this module does not.
 
-Also a command: ``python -m reroute.eval.lmms.demo_task DIRECTORY [--num-samples N]``.
+Also a command: ``python -m reroute.demo.lmms_task DIRECTORY [--num-samples N]``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ SEED, SPLIT = 2026, "test"
 MAX_NEW_TOKENS = 12
 
 _YAML = f"""\
-# Written by reroute.eval.lmms.demo_task: {{num_samples}} samples of the bundled demo's held-out set.
+# Written by reroute.demo.lmms_task: {{num_samples}} samples of the bundled demo's held-out set.
 task: {TASK_NAME}
 dataset_path: parquet
 dataset_kwargs:
@@ -39,14 +39,14 @@ dataset_kwargs:
     test: {TASK_NAME}.parquet
 test_split: test
 output_type: generate_until
-doc_to_visual: !function reroute.eval.lmms.demo_task.doc_to_visual
-doc_to_text: !function reroute.eval.lmms.demo_task.doc_to_text
+doc_to_visual: !function reroute.demo.lmms_task.doc_to_visual
+doc_to_text: !function reroute.demo.lmms_task.doc_to_text
 doc_to_target: answer
 generation_kwargs:
   max_new_tokens: {MAX_NEW_TOKENS}
   temperature: 0
   do_sample: false
-process_results: !function reroute.eval.lmms.demo_task.process_results
+process_results: !function reroute.demo.lmms_task.process_results
 metric_list:
   - metric: accuracy
     aggregation: mean
@@ -121,7 +121,7 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m reroute.eval.lmms.demo_task", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m reroute.demo.lmms_task", description=__doc__.splitlines()[0])
     parser.add_argument("directory", help="where to write reroute_demo.yaml and reroute_demo.parquet")
     parser.add_argument("--num-samples", type=int, default=8)
     args = parser.parse_args(argv)

@@ -1,0 +1,54 @@
+"""Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``): windowed dynamic-resolution vision tower, Qwen2
+decoder with 3-D M-RoPE (the layout of `reroute.backbones.qwen2_vl.QwenVLLayout`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reroute.backbones.base import ReleasedShape, register_backbone
+from reroute.backbones.evaluation import EvalProtocol, chat_template_conversation, grid_thw_frames
+from reroute.backbones.grids import processed_pixels, qwen_prompt_grids
+from reroute.backbones.qwen2_vl import QwenVLLayout
+
+#: Qwen2.5-VL's grounding prompt (it answers JSON with pixel boxes in the frame it saw)
+QWEN_GROUNDING_PROMPT = "Locate {expression} in this image and output the bbox coordinates in JSON format."
+
+QWEN2_5_VL = EvalProtocol(
+    name="qwen2_5_vl",
+    conversation=chat_template_conversation("Qwen2.5-VL"),
+    grounding_prompt=QWEN_GROUNDING_PROMPT,
+    resized_frames=grid_thw_frames,
+)
+
+
+def qwen2_5_vl_7b() -> Any:
+    """Qwen2.5-VL-7B-Instruct: 28-layer decoder with GQA (4 key/value heads), bfloat16 as released."""
+    from transformers import Qwen2_5_VLConfig
+
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            head_dim=128,
+            vocab_size=152064,
+        ),
+        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584),
+        dtype="bfloat16",
+    )
+
+
+@register_backbone
+class Qwen2_5VLBackbone(QwenVLLayout):
+    model_classes = ("Qwen2_5_VLForConditionalGeneration",)
+    family = "Qwen2.5-VL"
+    model_types = ("qwen2_5_vl", "qwen2_5_vl_text")
+    grids = staticmethod(qwen_prompt_grids)
+    # absolute coordinates in the resized image's pixels
+    answer_frame = staticmethod(processed_pixels)
+    evaluation = QWEN2_5_VL
+    nuwa_tower = "qwen2_5_vit"
+    # a 448 x 448 image: 32 x 32 patches of 14 px, merged 2 x 2
+    released = (ReleasedShape("qwen2.5-vl-7b", qwen2_5_vl_7b, 256),)
