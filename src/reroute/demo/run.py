@@ -249,10 +249,11 @@ def reroute_vs_remove(rows: Sequence[Row]) -> list[str]:
 def _figure(samples, runs, rows, processor, model, path: Path) -> None:
     """One grounding example at the lowest tier: remove (PDrop) vs reroute, preferring one they disagree on.
 
-    The example is run again alone: a sample's decisions do not depend on its batch (tested),
-    and alone its trace positions need no padding offset.
+    The example is run again alone, scores recorded: a sample's decisions do not depend on its
+    batch (tested), and alone its trace positions need no padding offset.
     """
-    from reroute.viz import plot_routing_comparison
+    from reroute.backbones import grids_for
+    from reroute.viz import RunView, plot_decisions
 
     tier = PAPER_TIERS[-1]
     configs = {r.method: r.config for r in rows if r.paper_tier == tier}
@@ -263,21 +264,18 @@ def _figure(samples, runs, rows, processor, model, path: Path) -> None:
     index = (disagree or candidates)[0]
     sample = samples[index]
     inputs = _encode(processor, [sample])
-    traces = {}
-    for name in ("pdrop", "reroute_vs_pdrop"):
-        with reroute.apply(model, configs[name]) as handle, torch.no_grad():
+    grids = grids_for(model, processor, inputs, [sample.image.size])
+
+    def pixels(box) -> tuple[float, float, float, float] | None:  # the demo's boxes are 0-1 fractions
+        return None if box is None else grids[0].frame_to_image(tuple(box), (1.0, 1.0))
+
+    views = []
+    for name, preds in (("pdrop", remove_preds), ("reroute_vs_pdrop", reroute_preds)):
+        with reroute.apply(model, configs[name], record_scores=True) as handle, torch.no_grad():
             model(**inputs)
-        traces[name] = handle.trace[0]
-    visual_positions = torch.nonzero(inputs["input_ids"][0] == model.config.image_token_id).flatten().tolist()
-    plot_routing_comparison(
-        sample.image,
-        f"{sample.question}\nremove (pdrop) vs reroute (reroute_vs_pdrop), tier {tier}",
-        sample.box,
-        {
-            "remove": (traces["pdrop"], remove_preds[index].get("pred_box")),
-            "reroute": (traces["reroute_vs_pdrop"], reroute_preds[index].get("pred_box")),
-        },
-        visual_positions,
-        {"remove": configs["pdrop"].decision_layers, "reroute": configs["reroute_vs_pdrop"].decision_layers},
-        str(path),
-    )
+        name = f"{configs[name].action} ({name})"
+        views.append(RunView.from_trace(handle.trace, name=name, answer_box=pixels(preds[index].get("pred_box"))))
+    title = f"{sample.question}\nremove (pdrop) vs reroute (reroute_vs_pdrop), tier {tier}"
+    width, height = sample.image.size
+    target = (sample.box[0] * width, sample.box[1] * height, sample.box[2] * width, sample.box[3] * height)
+    plot_decisions([sample.image], views, grids, title=title, target_box=target, path=str(path))

@@ -4,16 +4,14 @@
   the candidates' score heat map and the active / deferred / removed patches at every decision.
   Needs a trace with scores: ``reroute.apply(model, config, record_scores=True)``. Token grids
   come from `reroute.backbones.grids` (LLaVA's square grid, Qwen's merged grids).
-* `analyze_traces` / `summarize_runs` (from `reroute.viz.statistics`, re-exported): per-decision
-  re-entry rate, rank correlation of scores and GT-box activity; `plot_analysis` draws them.
-* `plot_routing_comparison`: the older one-figure view `reroute demo` writes.
+* `plot_analysis`: the per-decision statistics of `reroute.viz.statistics` (re-entry rate, rank
+  correlation of scores, GT-box activity), as `reroute analyze` draws them.
 
 matplotlib is an optional dependency (``pip install reroute[viz]``); it is imported lazily.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,87 +22,6 @@ from reroute.runtime.trace import SampleTrace, Trace
 from reroute.viz.statistics import DecisionStats
 
 
-def active_patch_grids(sample: SampleTrace, visual_positions: Sequence[int]) -> list[np.ndarray]:
-    """Per decision, a ``(side, side)`` bool grid of the patches selected there.
-
-    ``visual_positions``: the prompt positions of one image's visual tokens, in raster order
-    (for LLaVA the contiguous ``<image>`` span).
-    """
-    side = math.isqrt(len(visual_positions))
-    if side * side != len(visual_positions):
-        raise ValueError(f"{len(visual_positions)} visual tokens do not form a square grid; pass one image's tokens")
-    patch_of = {p: i for i, p in enumerate(visual_positions)}
-    grids = []
-    for chosen in sample.selected:
-        grid = np.zeros(side * side, dtype=bool)
-        grid[[patch_of[p] for p in chosen if p in patch_of]] = True
-        grids.append(grid.reshape(side, side))
-    return grids
-
-
-def _draw_box(ax, box, image_size, color, label):
-    from matplotlib.patches import Rectangle
-
-    if box is None:
-        return
-    x1, y1, x2, y2 = (v * image_size for v in box)
-    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=2, ec=color, label=label))
-
-
-def plot_routing_comparison(
-    image,
-    title: str,
-    target_box,
-    runs: dict[str, tuple[SampleTrace, tuple | None]],
-    visual_positions: Sequence[int],
-    decision_layers: dict[str, Sequence[int]],
-    path: str,
-) -> None:
-    """One figure: the image with the referred and predicted boxes, then per run (e.g. remove,
-    reroute) one panel per decision with the active patches overlaid on the image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    colors = ["tab:red", "tab:blue", "tab:orange", "tab:purple"]
-    image = np.asarray(image)
-    size = image.shape[0]
-    num_stages = max(len(trace.selected) for trace, _ in runs.values())
-    fig, axes = plt.subplots(len(runs), num_stages + 1, figsize=(2.6 * (num_stages + 1), 2.8 * len(runs)), squeeze=False)
-    for row, (name, (trace, predicted)) in enumerate(runs.items()):
-        ax = axes[row, 0]
-        ax.imshow(image)
-        _draw_box(ax, target_box, size, "lime", "referred")
-        _draw_box(ax, predicted, size, colors[row % len(colors)], f"{name} prediction")
-        ax.set_title(f"{name}", fontsize=9)
-        ax.legend(fontsize=6, loc="lower right")
-        ax.axis("off")
-        for s, grid in enumerate(active_patch_grids(trace, visual_positions)):
-            ax = axes[row, s + 1]
-            ax.imshow(image)
-            cell = size / grid.shape[0]
-            overlay = np.kron(~grid, np.ones((size // grid.shape[0], size // grid.shape[1])))
-            ax.imshow(np.ma.masked_where(overlay == 0, overlay), cmap="gray", alpha=0.6, vmin=0, vmax=1)
-            for r, c in zip(*np.nonzero(grid)):  # active patches: outlined
-                ax.add_patch(Rectangle((c * cell, r * cell), cell, cell, fill=False, lw=1.2, ec="cyan"))
-            layer = decision_layers[name][s]
-            ax.set_title(f"{name}: layer {layer}, {int(grid.sum())} active", fontsize=8)
-            ax.axis("off")
-        for s in range(len(trace.selected) + 1, num_stages + 1):
-            axes[row, s].axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# ============================================================================= decisions on a token grid
-# The figure of `reroute show` and its Python form: built only from a trace and the token grids
-# (`reroute.backbones.grids`), so what is drawn is what the trace says.
-
-#: cell states at a decision, the values of the ``states`` image drawn in each state panel
 ACTIVE, REENTERED, DEFERRED, REMOVED = 0, 1, 2, 3
 STATE_NAMES = {ACTIVE: "active", REENTERED: "active again (deferred before)", DEFERRED: "deferred", REMOVED: "removed"}
 # active cells stay clear (and are outlined); deferred ones are tinted blue, removed ones dark red,
