@@ -20,7 +20,7 @@ def samples(request):
 # ----------------------------------------------------------------- an independent reading of the questions
 
 COLOR_WORDS = set(syn.COLORS)
-SHAPE_WORDS = set(syn.SHAPES)
+SHAPE_WORDS = set(syn.OBJECT_SHAPES)
 
 
 def parse_desc(words: list[str]):

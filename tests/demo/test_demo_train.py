@@ -35,7 +35,7 @@ def test_probe_targets_label_every_drawn_patch_with_its_object(layout):
         for o in objects:
             patch = t[o.y + o.size - 1, o.x]  # the object's bottom-left patch
             color, shape, size, x1, y1, x2, y2 = patch.tolist()
-            assert list(synthetic.COLORS)[color] == o.color and synthetic.SHAPES[shape] == o.shape
+            assert list(synthetic.COLORS)[color] == o.color and synthetic.OBJECT_SHAPES[shape] == o.shape
             assert size == o.size
             assert tuple(v * synthetic.CELL / synthetic.IMAGE_SIZE for v in (x1, y1, x2, y2)) == pytest.approx(o.box, abs=0.005)
 
@@ -107,7 +107,7 @@ def test_attention_targets_follow_the_referring_expression():
             assert _patch_set(img0, keys) in [_box_set(o) for o in convs[b][0].objects]
             # the query predicts "[", a coordinate or an attribute word
             nxt = tok.convert_ids_to_tokens(int(batch["labels"][b, q + 1]))
-            assert nxt == "[" or nxt in synthetic.COLORS or nxt in synthetic.SHAPES or nxt.replace(".", "").isdigit(), nxt
+            assert nxt == "[" or nxt in synthetic.COLORS or nxt in synthetic.OBJECT_SHAPES or nxt.replace(".", "").isdigit(), nxt
     # the words read for each question, in order, spell the expression's descriptors
     read = iter(zip(*targets["words"]))
     for conv_index, conv in enumerate(convs):
@@ -123,7 +123,7 @@ def test_attention_targets_follow_the_referring_expression():
 def test_description_targets_name_the_expression_attributes():
     convs, batch, tok, image_token_id = _encoded_conversations(seed=2, count=8)
     rows, positions, labels = description_targets(convs, batch, image_token_id, tok)
-    colors, shapes = list(synthetic.COLORS), list(synthetic.SHAPES)
+    colors, shapes = list(synthetic.COLORS), list(synthetic.OBJECT_SHAPES)
     none_color, any_shape, none_shape = len(colors), len(shapes), len(shapes) + 1
 
     def expected(desc) -> list[int]:

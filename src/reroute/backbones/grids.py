@@ -222,22 +222,38 @@ def qwen_grids(
     needed = sum(t * (h // merge_size) * (w // merge_size) for t, h, w in thw)
     if needed != len(positions):
         raise ValueError(f"the image grids {thw} give {needed} merged tokens but the prompt has {len(positions)} image tokens")
+    # one raster per temporal slice, each over its whole image
+    shapes = [(h // merge_size, w // merge_size) for t, h, w in thw for _ in range(t)]
+    images = [i for i, (t, _, _) in enumerate(thw) for _ in range(t)]
+    return whole_image_grids(positions, shapes, [image_sizes[i] for i in images], images)
+
+
+def whole_image_grids(
+    positions: Sequence[int],
+    shapes: Sequence[tuple[int, int]],
+    image_sizes: Sequence[tuple[int, int]],
+    image_indices: Sequence[int] | None = None,
+) -> list[TokenGrid]:
+    """Consecutive ``rows x cols`` rasters of ``positions``, each spanning its whole original image
+    (a processor that resizes without cropping: Qwen-VL, Mistral 3).
+
+    shapes: per grid, ``(rows, cols)``; image_sizes: per grid, the original ``(width, height)``;
+    image_indices: per grid, which image of the prompt (default: grid ``i`` is image ``i``).
+    """
+    indices = range(len(shapes)) if image_indices is None else image_indices
     grids, start = [], 0
-    for i, ((t, h, w), size) in enumerate(zip(thw, image_sizes)):
-        rows, cols = h // merge_size, w // merge_size
-        width, height = size
-        for _ in range(t):
-            grids.append(
-                TokenGrid(
-                    positions=tuple(positions[start : start + rows * cols]),
-                    rows=rows,
-                    cols=cols,
-                    region=(0.0, 0.0, float(width), float(height)),
-                    image_index=i,
-                    image_size=(width, height),
-                )
+    for (rows, cols), (width, height), index in zip(shapes, image_sizes, indices):
+        grids.append(
+            TokenGrid(
+                positions=tuple(positions[start : start + rows * cols]),
+                rows=rows,
+                cols=cols,
+                region=(0.0, 0.0, float(width), float(height)),
+                image_index=index,
+                image_size=(width, height),
             )
-            start += rows * cols
+        )
+        start += rows * cols
     return grids
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from reroute.backbones.base import Backbone, ReleasedShape, register_backbone
-from reroute.backbones.grids import TokenGrid
+from reroute.backbones.grids import TokenGrid, whole_image_grids
 from reroute.runtime.compat import apply_rotary_pos_emb
 
 #: decoders the tiny-model suite runs (tests/helpers/models_more.py)
@@ -46,20 +46,7 @@ def mistral3_grids(config, processor, inputs: dict, image_sizes: Sequence[tuple[
     if len(mine) != len(image_sizes):
         raise ValueError(f"sample {sample} has {len(mine)} images but {len(image_sizes)} image sizes: give one size per image")
     positions = torch.nonzero(torch.as_tensor(inputs["input_ids"][sample]) == config.image_token_id).flatten().tolist()
-    grids, start = [], 0
-    for i, ((rows, cols), (width, height)) in enumerate(zip(mine, image_sizes)):
-        grids.append(
-            TokenGrid(
-                positions=tuple(positions[start : start + rows * cols]),
-                rows=rows,
-                cols=cols,
-                region=(0.0, 0.0, float(width), float(height)),
-                image_index=i,
-                image_size=(width, height),
-            )
-        )
-        start += rows * cols
-    return grids
+    return whole_image_grids(positions, mine, image_sizes)
 
 
 def _images_covering(shapes: Sequence[tuple[int, int]], tokens: int) -> int:

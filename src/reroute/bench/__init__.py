@@ -69,7 +69,7 @@ from reroute.bench.scaling import run_scaling, scorer_memory
 from reroute.bench.shapes import (
     IMAGE_TOKEN_ID,
     PAD_TOKEN_ID,
-    SHAPES,
+    BENCH_SHAPES,
     BenchConfig,
     BenchShape,
     bench_configs,
@@ -90,7 +90,7 @@ __all__ = [
     "MiB",
     "PAD_TOKEN_ID",
     "PrefillTiming",
-    "SHAPES",
+    "BENCH_SHAPES",
     "bench_configs",
     "build_model",
     "check_targets",

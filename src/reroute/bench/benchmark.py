@@ -17,7 +17,7 @@ from reroute.bench.execution import run_execution_pairs
 from reroute.bench.latency import run_latency
 from reroute.bench.measure import tune_malloc, vision_tower_ms
 from reroute.bench.scaling import run_scaling
-from reroute.bench.shapes import SHAPES, bench_configs, build_model, make_inputs, visual_count
+from reroute.bench.shapes import BENCH_SHAPES, bench_configs, build_model, make_inputs, visual_count
 from reroute.bench.targets import check_targets
 
 
@@ -59,7 +59,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     """Build the model, run the chosen sections, return everything as plain data (for JSON)."""
     device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shape_name = options.shape or ("llava-1.5-7b" if device.type == "cuda" else "llava-1.5-narrow")
-    shape = SHAPES[shape_name]
+    shape = BENCH_SHAPES[shape_name]
     malloc_tuned = tune_malloc() if options.tune_malloc else False
     if device.type == "cpu":
         torch.set_num_threads(options.threads)

@@ -59,7 +59,7 @@ def shape_of_released(name: str, description: str, **overrides: Any) -> BenchSha
     )
 
 
-SHAPES: dict[str, BenchShape] = {
+BENCH_SHAPES: dict[str, BenchShape] = {
     "llava-1.5-narrow": BenchShape(
         name="llava-1.5-narrow",
         description=(
@@ -92,7 +92,7 @@ SHAPES: dict[str, BenchShape] = {
         ),
     ),
 }
-SHAPES["llava-1.5-7b"] = shape_of_released(
+BENCH_SHAPES["llava-1.5-7b"] = shape_of_released(
     "llava-1.5-7b",
     "LLaVA-1.5-7B: Vicuna-7B decoder, CLIP ViT-L/14 at 336 px (576 visual tokens)",
     dtype_cpu="bfloat16",
@@ -112,7 +112,7 @@ def build_model(
     seed: int = 0,
 ):
     """A ``LlavaForConditionalGeneration`` of ``shape`` with random weights, built on ``device``."""
-    shape = SHAPES[shape] if isinstance(shape, str) else shape
+    shape = BENCH_SHAPES[shape] if isinstance(shape, str) else shape
     device = torch.device(device)
     if dtype is None:
         dtype = getattr(torch, shape.dtype_cuda if device.type == "cuda" else shape.dtype_cpu)

@@ -20,9 +20,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from reroute.bench import SHAPES
+    from reroute.bench import BENCH_SHAPES
 
-    parser.add_argument("--shape", choices=sorted(SHAPES), default=None,
+    parser.add_argument("--shape", choices=sorted(BENCH_SHAPES), default=None,
                         help="model shape (default: llava-1.5-narrow on CPU, llava-1.5-7b on CUDA)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: float32 on CPU, float16 on CUDA)")

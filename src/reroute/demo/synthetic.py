@@ -34,7 +34,7 @@ SIZES = (2, 3, 4)  # object side, in cells
 MIN_OBJECTS, MAX_OBJECTS = 2, 5
 BACKGROUND = (24, 24, 24)
 
-SHAPES = ("circle", "square", "triangle", "diamond")
+OBJECT_SHAPES = ("circle", "square", "triangle", "diamond")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
     "green": (40, 200, 60),
@@ -116,7 +116,7 @@ def random_scene(
         n = rng.randint(min_objects, max_objects)
         slots = rng.sample(range((GRID // SLOT) ** 2), n)
         return [
-            SceneObject(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(SLOT_SIZES), (k % 3) * SLOT, (k // 3) * SLOT)
+            SceneObject(rng.choice(OBJECT_SHAPES), rng.choice(list(COLORS)), rng.choice(SLOT_SIZES), (k % 3) * SLOT, (k // 3) * SLOT)
             for k in slots
         ]
     if layout != "grid":
@@ -132,7 +132,7 @@ def random_scene(
                     x + size + 1 <= o.x or o.x + o.size + 1 <= x or y + size + 1 <= o.y or o.y + o.size + 1 <= y
                     for o in objects
                 ):
-                    objects.append(SceneObject(rng.choice(SHAPES), rng.choice(list(COLORS)), size, x, y))
+                    objects.append(SceneObject(rng.choice(OBJECT_SHAPES), rng.choice(list(COLORS)), size, x, y))
                     break
         if len(objects) == n:
             return objects
@@ -339,12 +339,12 @@ def _try_vqa(rng: random.Random, objects: list[SceneObject], subtype: str) -> Sa
     if subtype == "exist":
         want = rng.random() < 0.5
         present = {(o.color, o.shape) for o in objects}
-        pool = [(c, s) for c in COLORS for s in SHAPES if ((c, s) in present) == want]
+        pool = [(c, s) for c in COLORS for s in OBJECT_SHAPES if ((c, s) in present) == want]
         c, s = rng.choice(pool)
         return sample(f"Is there a {c} {s}?", "yes" if want else "no")
     if subtype == "count":
         desc = rng.choice(
-            [(None, rng.choice(SHAPES)), (rng.choice(list(COLORS)), None), (None, None)]
+            [(None, rng.choice(OBJECT_SHAPES)), (rng.choice(list(COLORS)), None), (None, None)]
             + [(o.color, None) for o in objects]
             + [(None, o.shape) for o in objects]
         )
@@ -480,8 +480,8 @@ def vocabulary() -> list[str]:
         "yes no".split()
     )
     words.update(GROUNDING_PREFIX.replace(":", " : ").split())
-    words.update(SHAPES)
-    words.update(s + "s" for s in SHAPES)
+    words.update(OBJECT_SHAPES)
+    words.update(s + "s" for s in OBJECT_SHAPES)
     words.update(["shapes"])
     words.update(COLORS)
     words.update(SUPERLATIVES)

@@ -53,7 +53,7 @@ def encode_batch(processor, samples: Sequence[synthetic.Sample]) -> dict[str, to
 
 
 _DESCRIPTOR_WORDS = frozenset(
-    [*synthetic.COLORS, *synthetic.SHAPES, *(s + "s" for s in synthetic.SHAPES), "shape", "shapes", *synthetic.SUPERLATIVES]
+    [*synthetic.COLORS, *synthetic.OBJECT_SHAPES, *(s + "s" for s in synthetic.OBJECT_SHAPES), "shape", "shapes", *synthetic.SUPERLATIVES]
 )
 _RELATION_WORDS = frozenset(r.split()[0] for r in synthetic.RELATIONS)  # "left", "right", "above", "below"
 

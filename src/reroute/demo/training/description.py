@@ -28,7 +28,7 @@ class DescriptionProbes(torch.nn.Module):
 
     def __init__(self, hidden_size: int):
         super().__init__()
-        sizes = {"color": len(synthetic.COLORS) + 1, "shape": len(synthetic.SHAPES) + 2}
+        sizes = {"color": len(synthetic.COLORS) + 1, "shape": len(synthetic.OBJECT_SHAPES) + 2}
         self.heads = torch.nn.ModuleDict({f: torch.nn.Linear(hidden_size, sizes[f.removeprefix("anchor_")]) for f in self.FIELDS})
 
     def loss(self, hidden: torch.Tensor, targets: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -43,7 +43,7 @@ def description_targets(
     conversations: Sequence[Sequence[synthetic.Sample]], batch: dict, image_token_id: int, tokenizer
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(rows, last prompt positions, labels (M, 4))`` for ``DescriptionProbes``, one row per turn."""
-    colors, shapes = list(synthetic.COLORS), list(synthetic.SHAPES)
+    colors, shapes = list(synthetic.COLORS), list(synthetic.OBJECT_SHAPES)
 
     def attributes(words: list[str]) -> list[int]:
         color = next((colors.index(w) for w in words if w in colors), len(colors))

@@ -18,7 +18,7 @@ def probe_classes() -> dict[str, int]:
     sizes = max(*synthetic.SIZES, *synthetic.SLOT_SIZES) + 1  # a side of 0..max cells
     return {
         "color": len(synthetic.COLORS) + 1,
-        "shape": len(synthetic.SHAPES) + 1,
+        "shape": len(synthetic.OBJECT_SHAPES) + 1,
         "size": sizes + 1,
         **{edge: edges + 1 for edge in ("x1", "y1", "x2", "y2")},
     }
@@ -52,7 +52,7 @@ def probe_targets(scenes: Sequence[Sequence[synthetic.SceneObject]]) -> torch.Te
     g = synthetic.GRID
     classes = probe_classes()
     background = [classes[k] - 1 for k in PROBE_FIELDS]
-    colors, shapes = list(synthetic.COLORS), list(synthetic.SHAPES)
+    colors, shapes = list(synthetic.COLORS), list(synthetic.OBJECT_SHAPES)
     out = torch.tensor(background, dtype=torch.long).repeat(len(scenes), g * g, 1)
     for b, objects in enumerate(scenes):
         for o in objects:
