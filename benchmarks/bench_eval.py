@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tests.helpers.eval_demo_data import write_demo_refcoco
 
-    from reroute.commands.eval import routing_config
+    from reroute.eval.setup import routing_config
     from reroute.demo import modeling
     from reroute.eval.runner import EvalRun, evaluate
     from reroute.eval.tasks import get_task

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests.helpers.eval_demo_data import write_demo_refcoco
 
-    from reroute.commands.eval import routing_config
+    from reroute.eval.setup import routing_config
     from reroute.demo import modeling, synthetic
     from reroute.demo.run import evaluate_config
     from reroute.eval.records import read_records

@@ -90,12 +90,12 @@ def test_paper_table_user_error_is_one_line(data_dir, tmp_path, capsys):
 @pytest.mark.parametrize("missing", ["datasets", "pyarrow"])
 @pytest.mark.parametrize("command", ["eval", "paper-table"])
 def test_a_missing_eval_extra_is_one_line_before_any_work(command, missing, data_dir, tmp_path, monkeypatch, capsys):
-    import reroute.commands.eval as eval_command
+    import reroute.eval.setup as eval_setup
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model loaded before the extra was checked")
 
-    monkeypatch.setattr(eval_command, "load_model", no_loading)
+    monkeypatch.setattr(eval_setup, "load_model", no_loading)
     monkeypatch.setitem(sys.modules, missing, None)  # as if not installed: find_spec and import both fail
     assert main([command, "--model", str(MODEL_DIR), "--data-dir", str(data_dir), "--output", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (

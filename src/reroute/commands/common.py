@@ -1,10 +1,13 @@
-"""What the `show` and `analyze` commands share: configs from JSON files, boxes from the command line."""
+"""What several commands share: configs from JSON files and boxes (`show`, `analyze`), the paper-tier
+check, and the evaluation commands' help epilog and model loading (`eval`, `paper-table`)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 from reroute.config import RoutingConfig
 from reroute.errors import UserError
@@ -68,3 +71,47 @@ def check_paper_tier(ratios: str, tier: float) -> None:
     if ratios == "paper" and tier not in PAPER_TIERS:
         tiers = ", ".join(str(t) for t in PAPER_TIERS)
         raise UserError(f"--ratios paper has published ratios for tiers {tiers} only, got --tier {tier:g}; use --ratios solved")
+
+
+#: the help epilog of `reroute eval` and `reroute paper-table` (tiers, outputs, several GPUs)
+EVAL_EPILOG = """\
+tiers:
+  --tier is an avg_T budget in the paper's units: visual tokens out of LLaVA-1.5's 576
+  (the paper's tiers are 192, 128, 64). On a model with N visual tokens per image it is
+  scaled to tier * N / 576 (the demo model: 144 tokens, so --tier 64 keeps avg_T 16); on
+  Qwen2.5-VL, whose N varies per image, every sample gets the same fraction tier / 576.
+  Decision layers are the paper's (LLaVA's 32 layers) scaled to the model's depth.
+  --ratios solved (default) solves each preset's schedule shape for that budget exactly;
+  --ratios paper uses the published keep ratios verbatim (tiers 192, 128, 64 only).
+
+output:
+  OUTPUT/RUN/TASK.jsonl   one line per sample, appended as each finishes (resume: rerun the
+                          same command; samples already there are skipped)
+  OUTPUT/RUN/summary.json metrics with 95% intervals, realised avg_T, FLOPs and KV cache
+  OUTPUT/RUN/summary.md   relative to vanilla, the routing config, versions
+  RUN is --run-name, else "vanilla", "PRESET-TIER-RATIOS" or "config-STEM".
+
+several GPUs or nodes (samples are split by stride; results equal a one-process run):
+  accelerate launch --num_processes 8 -m reroute eval --model ... (one node, 8 GPUs)
+  accelerate launch --num_machines 2 --machine_rank R --main_process_ip HOST \\
+      --main_process_port 29500 --num_processes 16 -m reroute eval ...  (on each of 2 nodes)
+  Each process appends to OUTPUT/RUN/TASK.rankR.jsonl; after all finish, rank 0 gathers the
+  records (through torch.distributed, no shared disk needed) and writes TASK.jsonl in
+  sample order and the summaries.
+"""
+
+
+def prepare_model(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
+    """(model, processor, family, device) with one-line errors."""
+    from reroute.eval.families import detect_family
+    from reroute.eval.setup import load_model
+    from reroute.eval.shard import default_device
+
+    device = args.device or default_device()
+    if args.no_progress:  # also transformers' weight-loading bars (this process is a command line)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    model, processor = load_model(args.model, args.dtype, device)
+    family = args.family if args.family != "auto" else detect_family(model, processor)
+    return model, processor, family, device

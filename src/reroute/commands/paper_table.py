@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from reroute.budgets import PAPER_TIERS, preset_names
-from reroute.commands import eval as eval_command
+from reroute.commands.common import EVAL_EPILOG, prepare_model
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
+from reroute.eval.setup import DTYPES, VANILLA, check_routable, load_samples, one_line, parse_tasks, routing_config
+from reroute.eval.task import model_families
 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = eval_command.EPILOG
+    parser.epilog = EVAL_EPILOG
     parser.add_argument("--model", required=True, help="Hugging Face Hub id or local folder of a saved model")
     parser.add_argument("--data-dir", required=True, help="folder holding the benchmarks' local files")
     parser.add_argument("--output", default="outputs/paper_table", help="results folder (default outputs/paper_table)")
@@ -33,9 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N samples of each task")
     parser.add_argument("--ratios", default="solved", choices=("solved", "paper"), help="keep ratios: solved (default) or paper")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per generate() call (default 8)")
-    parser.add_argument("--family", default="auto", choices=("auto", *eval_command.MODEL_FAMILIES))
+    parser.add_argument("--family", default="auto", choices=("auto", *model_families()))
     parser.add_argument("--rec-frame", default="original", choices=("original", "resized"))
-    parser.add_argument("--dtype", default="auto", choices=eval_command.DTYPES)
+    parser.add_argument("--dtype", default="auto", choices=DTYPES)
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -43,9 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def table_runs(ratios: str) -> list[tuple[str, int | None, str]]:
     """(method, paper tier, run name) of every row, in table order."""
     runs: list[tuple[str, int | None, str]] = []
-    for method in (eval_command.VANILLA, *preset_names()):  # every registered preset, in registration order
-        if method == eval_command.VANILLA:
-            runs.append((method, None, eval_command.VANILLA))
+    for method in (VANILLA, *preset_names()):  # every registered preset, in registration order
+        if method == VANILLA:
+            runs.append((method, None, VANILLA))
             continue
         for tier in PAPER_TIERS:
             runs.append((method, tier, f"{method}-{tier}-{ratios}"))
@@ -105,18 +107,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-        tasks = eval_command.load_samples(eval_command.parse_tasks(args.tasks), args.data_dir, args.limit)
-        model, processor, family, _ = eval_command.prepare_model(args)
+        tasks = load_samples(parse_tasks(args.tasks), args.data_dir, args.limit)
+        model, processor, family, _ = prepare_model(args)
         plan = []
         for method, tier, name in table_runs(args.ratios):
-            config = eval_command.routing_config(method, tier, args.ratios, model)
-            eval_command.check_routable(model, config)
+            config = routing_config(method, tier, args.ratios, model)
+            check_routable(model, config)
             labels = {"method": method, "tier": tier, "ratios": None if tier is None else args.ratios}
             eval_run = EvalRun(name, config, args.model, family, args.rec_frame, args.batch_size, labels)
             check_run_dir(eval_run, Path(args.output) / name)
             plan.append((method, tier, eval_run))
     except (ValueError, TypeError, FileNotFoundError) as error:  # from the model, the tasks or apply()'s checks
-        raise UserError(eval_command.one_line(error)) from None
+        raise UserError(one_line(error)) from None
 
     shard = current_shard()
     names = [task.name for task, _ in tasks]
