@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from reroute.budgets import avg_t
+from reroute.budgets.counts import REFERENCE_NUM_VISUAL, avg_t
 from reroute.config import RoutingConfig
 from reroute.runtime.dims import DecoderDims, decoder_dims, exact_layer_flops, paper_layer_flops, text_config
 from reroute.registry import ACTIONS, SCORERS, VISION_STAGES
@@ -163,7 +163,7 @@ def _dtype_bytes(model: Any) -> int:
 def cost(
     config: RoutingConfig | None,
     model: Any,
-    num_visual: int = 576,
+    num_visual: int = REFERENCE_NUM_VISUAL,
     num_text: int = 64,
     batch_size: int = 1,
     dtype_bytes: int | None = None,

@@ -32,9 +32,8 @@ from reroute.methods.nuwa import (
     qwen_stage2_scores,
 )
 from reroute.methods.nuwa.params import LLAVA_NUM_VISUAL, LLAVA_TIERS
+from reroute.methods.nuwa.stage1 import LLAVA_QUANTILE, QWEN_QUANTILE
 
-#: the quantile of the anchors' saliency below which an anchor merges (LLaVA-1.5, Qwen2.5-VL)
-LLAVA_QUANTILE, QWEN_QUANTILE = 0.55, 0.1
 #: the vision towers stage 1 is defined for, as family adapters declare them (`Backbone.nuwa_tower`):
 #: a CLIP ViT whose CLS attention gives saliency (LLaVA-1.5), Qwen2.5-VL's windowed tower
 CLIP_CLS, QWEN2_5_VIT = "clip_cls", "qwen2_5_vit"
