@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tests.helpers.harness import decoder_inputs, reference_logits, routed, sample_injections, visual_mask
+from tests.helpers.batches import mixed_batch, mixed_prompts, single
 from tests.helpers.models import FAMILIES
 from tests.helpers.reference import reference_forward
 
@@ -19,30 +20,6 @@ from reroute.runtime.compat import output_cache
 
 FAMILY_NAMES = list(FAMILIES)
 ATOL = 2e-5
-
-
-@pytest.fixture(scope="module", params=FAMILY_NAMES)
-def family(request):
-    return FAMILIES[request.param]
-
-
-@pytest.fixture(scope="module")
-def model(family):
-    return family.make_model()
-
-
-def _single(family, num_images=2, seed=0):
-    return family.make_batch([family.make_prompt(num_images, size=0, seed=seed)])
-
-
-def _mixed_batch(family, padding_side):
-    """Different image counts (2, 1, 0), image sizes and prompt lengths in one batch."""
-    prompts = [
-        family.make_prompt(2, size=0, seed=1, text_before=3),
-        family.make_prompt(1, size=1, seed=2, text_before=6),
-        family.make_prompt(0, size=0, seed=3, text_before=2),
-    ]
-    return prompts, family.make_batch(prompts, padding_side)
 
 
 CONFIGS = {
@@ -58,7 +35,7 @@ CONFIGS = {
 @pytest.mark.parametrize("action", ["remove", "reroute"])
 def test_keep_all_is_vanilla_exactly(family, attn, action):
     model = family.make_model(attn=attn)
-    _, inputs = _mixed_batch(family, "left")
+    _, inputs = mixed_prompts(family), mixed_batch(family, "left")
     with torch.no_grad():
         logits = model(**inputs).logits
         ids = model.generate(**inputs, max_new_tokens=8, do_sample=False)
@@ -74,7 +51,7 @@ def test_keep_all_is_vanilla_exactly(family, attn, action):
 def test_engine_equals_reference_per_sample(family, attn, name):
     model = family.make_model(attn=attn)
     config = CONFIGS[name]
-    _, inputs = _mixed_batch(family, "left")
+    _, inputs = mixed_prompts(family), mixed_batch(family, "left")
     out, trace = routed(model, config, inputs)
     expected = reference_logits(model, inputs, visual_mask(model, inputs), config)
     mask = inputs["attention_mask"].bool()
@@ -87,14 +64,14 @@ def test_engine_equals_reference_per_sample(family, attn, name):
 
 
 def test_single_decision_reroute_equals_remove(family, model):
-    inputs = _single(family)
+    inputs = single(family)
     a, _ = routed(model, RoutingConfig("reroute", (2,), (0.2,)), inputs)
     b, _ = routed(model, RoutingConfig("remove", (2,), (0.2,)), inputs)
     assert torch.equal(a.logits, b.logits)
 
 
 def test_stagewise_equals_per_layer(family, model):
-    _, inputs = _mixed_batch(family, "right")
+    _, inputs = mixed_prompts(family), mixed_batch(family, "right")
     a, ta = routed(model, CONFIGS["reroute_stagewise"], inputs)
     b, tb = routed(model, CONFIGS["reroute_per_layer"], inputs)
     torch.testing.assert_close(a.logits, b.logits, atol=1e-6, rtol=0)
@@ -115,7 +92,7 @@ def test_deferred_token_leaves_stage_unchanged(family, model, monkeypatch):
 
     monkeypatch.setattr(RoutedDecoder, "_score", spy)
     config = RoutingConfig("reroute", (1, 3, 5), (0.25, 0.5, 0.25))
-    inputs = _single(family)
+    inputs = single(family)
     _, trace = routed(model, config, inputs)
     visual = torch.nonzero(visual_mask(model, inputs)[0]).flatten().tolist()
     checked = 0
@@ -131,7 +108,7 @@ def test_deferred_token_leaves_stage_unchanged(family, model, monkeypatch):
 # ----------------------------------------------------------------------------- KV cache
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_cache_length_is_active_count(family, model, name):
-    inputs = _single(family)
+    inputs = single(family)
     out, trace = routed(model, CONFIGS[name], inputs, use_cache=True)
     lengths = [layer.keys.shape[-2] for layer in output_cache(out).layers]
     assert lengths == list(trace.cache_lengths) == list(trace[0].tokens_per_layer)
@@ -144,7 +121,7 @@ def test_cache_length_is_active_count(family, model, name):
 @pytest.mark.parametrize("name", ["remove_pdrop", "reroute_stagewise"])
 def test_batch_equals_samples_alone(family, model, padding_side, name):
     config = CONFIGS[name]
-    prompts, inputs = _mixed_batch(family, padding_side)
+    prompts, inputs = mixed_prompts(family), mixed_batch(family, padding_side)
     out, trace = routed(model, config, inputs)
     mask = inputs["attention_mask"].bool()
     for b, prompt in enumerate(prompts):
@@ -159,7 +136,7 @@ def test_batch_equals_samples_alone(family, model, padding_side, name):
 @pytest.mark.parametrize("name", ["remove_pdrop", "reroute_stagewise"])
 def test_generate_batch_equals_samples_alone(family, model, name):
     config = CONFIGS[name]
-    prompts, inputs = _mixed_batch(family, "left")
+    prompts, inputs = mixed_prompts(family), mixed_batch(family, "left")
     with reroute.apply(model, config), torch.no_grad():
         batch_ids = model.generate(**inputs, max_new_tokens=8, do_sample=False)
         for b, prompt in enumerate(prompts):
@@ -174,7 +151,7 @@ def test_generate_equals_reference_decode(family, attn, name):
     """Greedy generate() with the per-layer caches == the reference re-run over prompt + generated tokens."""
     model = family.make_model(attn=attn)
     config = CONFIGS[name]
-    inputs = _single(family)
+    inputs = single(family)
     new = 10
     with reroute.apply(model, config), torch.no_grad():
         ids = model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False)
@@ -208,7 +185,7 @@ def _rope(captured, length):
 
 
 def test_sampling_generate_is_reproducible_and_uses_routing(family, model):
-    inputs = _single(family)
+    inputs = single(family)
     config = RoutingConfig("reroute", (1, 3), (0.2, 0.3))
     with reroute.apply(model, config) as handle, torch.no_grad():
         torch.manual_seed(0)
@@ -221,7 +198,7 @@ def test_sampling_generate_is_reproducible_and_uses_routing(family, model):
 
 # ----------------------------------------------------------------------------- restore
 def test_restore_is_bit_identical(family, model):
-    inputs = _single(family)
+    inputs = single(family)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         before = model(**inputs).logits
@@ -239,7 +216,7 @@ def test_restore_is_bit_identical(family, model):
 
 def test_state_does_not_leak_between_calls(family, model):
     """A second prompt's decisions do not depend on the first call."""
-    first, second = _single(family, seed=1), _single(family, seed=2)
+    first, second = single(family, seed=1), single(family, seed=2)
     config = CONFIGS["reroute_stagewise"]
     with reroute.apply(model, config) as handle, torch.no_grad():
         model(**first)

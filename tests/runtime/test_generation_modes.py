@@ -16,7 +16,8 @@ import warnings
 import pytest
 import torch
 from tests.helpers.harness import decoder_inputs, sample_injections, visual_mask
-from tests.helpers.models import FAMILIES, LLAVA_IMAGE_TOKEN, llava_batch, llava_prompt, tiny_llava
+from tests.helpers.batches import mixed_batch, single
+from tests.helpers.models import LLAVA_IMAGE_TOKEN, llava_batch, llava_prompt, tiny_llava
 from tests.helpers.reference import reference_forward
 
 import reroute
@@ -31,29 +32,6 @@ CONFIGS = {
     "reroute_stagewise": RoutingConfig("reroute", (1, 3, 4), (0.3, 0.5, 0.2)),
 }
 GREEDY = dict(do_sample=False, max_new_tokens=8, min_new_tokens=8)
-
-
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def family(request):
-    return FAMILIES[request.param]
-
-
-@pytest.fixture(scope="module")
-def model(family):
-    return family.make_model()
-
-
-def _single(family, num_images=2, seed=0):
-    return family.make_batch([family.make_prompt(num_images, size=0, seed=seed)])
-
-
-def _mixed_batch(family, padding_side="left"):
-    prompts = [
-        family.make_prompt(2, size=0, seed=1, text_before=3),
-        family.make_prompt(1, size=1, seed=2, text_before=6),
-        family.make_prompt(0, size=0, seed=3, text_before=2),
-    ]
-    return family.make_batch(prompts, padding_side)
 
 
 def _rope(captured, length):
@@ -102,7 +80,7 @@ def assert_reference_predicts(model, config, inputs, ids, given: range = range(0
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_generate_without_cache_equals_reference_and_cache(family, model, name):
     config = CONFIGS[name]
-    inputs = _single(family)
+    inputs = single(family)
     with reroute.apply(model, config), torch.no_grad():
         cached = model.generate(**inputs, **GREEDY)
         uncached = model.generate(**inputs, use_cache=False, **GREEDY)
@@ -112,7 +90,7 @@ def test_generate_without_cache_equals_reference_and_cache(family, model, name):
 
 def test_generate_without_cache_batch_and_scores(family, model):
     """Left-padded batch with different image counts; the scores of every step agree too."""
-    inputs = _mixed_batch(family)
+    inputs = mixed_batch(family)
     options = dict(GREEDY, return_dict_in_generate=True, output_logits=True)
     with reroute.apply(model, CONFIGS["reroute_stagewise"]), torch.no_grad():
         cached = model.generate(**inputs, **options)
@@ -126,7 +104,7 @@ def test_generate_without_cache_batch_and_scores(family, model):
 def test_continuation_with_more_text_equals_reference(family, model):
     """Multi-turn chat: continue generate() from the returned cache with more text, no new image."""
     config = CONFIGS["reroute_stagewise"]
-    inputs = _single(family)
+    inputs = single(family)
     with reroute.apply(model, config), torch.no_grad():
         first = model.generate(**inputs, return_dict_in_generate=True, **GREEDY)
         more = torch.cat([first.sequences, torch.tensor([[7, 8, 9, 10]])], dim=1)
@@ -145,7 +123,7 @@ def test_continuation_with_more_text_equals_reference(family, model):
     reason="transformers 4.x's generate() drops the pixel values of a call that continues a cache: no model sees the new image",
 )
 def test_continuation_with_a_new_image_is_refused(family, model):
-    inputs = _single(family, num_images=1)
+    inputs = single(family, num_images=1)
     with reroute.apply(model, CONFIGS["reroute_stagewise"]), torch.no_grad():
         first = model.generate(**inputs, return_dict_in_generate=True, **GREEDY)
         second = family.make_batch([family.make_prompt(1, size=0, seed=5)])
@@ -180,7 +158,7 @@ def test_assisted_and_prompt_lookup_equal_greedy_and_reference(family, model, mo
     from transformers import DynamicCache
 
     config = CONFIGS["remove_pdrop"]
-    inputs = _single(family)
+    inputs = single(family)
     extra = {"assistant_model": family.make_model(seed=1)} if mode == "assistant" else {"prompt_lookup_num_tokens": 3}
     # EOS suppressed rather than min_new_tokens: transformers 4.57 refuses any minimum length with assisted decoding
     # (the newer families' tiny models have no EOS token: nothing to suppress there)
@@ -212,7 +190,7 @@ def _embeds_inputs(model, inputs):
 
 def test_inputs_embeds_with_pixels_routes_like_input_ids(family, model):
     config = CONFIGS["reroute_stagewise"]
-    inputs = _single(family)
+    inputs = single(family)
     # Without input_ids the stock Qwen models derive other M-RoPE positions: give both calls the same ones.
     inputs["position_ids"] = decoder_inputs(model, inputs).get("position_ids")
     with reroute.apply(model, config) as handle, torch.no_grad():
@@ -313,7 +291,7 @@ REFUSALS = {
 @pytest.mark.parametrize("mode", list(REFUSALS))
 def test_refused_generate_modes_leave_the_model_as_it_was(family, model, mode):
     kwargs, message = REFUSALS[mode]
-    inputs = _single(family)
+    inputs = single(family)
     with reroute.apply(model, CONFIGS["remove_pdrop"]) as handle, torch.no_grad():
         before = model.generate(**inputs, **GREEDY)
         trace = handle.trace
@@ -367,7 +345,7 @@ def test_custom_4d_mask_is_refused():
 
 # ----------------------------------------------------------------------------- 7. copies, foreign wrappers, inner model
 def test_deepcopy_of_a_routed_model_is_plain_and_runs_its_own_weights(family, model):
-    inputs = _single(family)
+    inputs = single(family)
     with torch.no_grad():
         stock = model(**inputs).logits
     with reroute.apply(model, CONFIGS["reroute_stagewise"]), torch.no_grad():
@@ -383,7 +361,7 @@ def test_deepcopy_of_a_routed_model_is_plain_and_runs_its_own_weights(family, mo
 
 
 def test_deepcopy_of_the_inner_model_is_plain(family, model):
-    inputs = _single(family)
+    inputs = single(family)
     with torch.no_grad():
         stock = model.model(**inputs).last_hidden_state
         with reroute.apply(model, CONFIGS["reroute_stagewise"]):
@@ -473,7 +451,7 @@ def test_a_patched_decoder_forward_is_refused():
 
 
 def test_the_inner_model_call_routes_too(family, model):
-    inputs = _single(family)
+    inputs = single(family)
     with reroute.apply(model, CONFIGS["reroute_stagewise"]) as handle, torch.no_grad():
         logits = model(**inputs).logits
         trace = handle.trace
@@ -537,7 +515,7 @@ def test_hidden_states_and_attentions_equal_the_reference(family, name):
     and its attention row and column there are 0."""
     model = family.make_model(attn="eager")
     config = CONFIGS[name]
-    inputs = _single(family)
+    inputs = single(family)
     with reroute.apply(model, config) as handle, torch.no_grad():
         out = model(**inputs, output_hidden_states=True, output_attentions=True)
         trace = handle.trace
@@ -574,7 +552,7 @@ def test_hidden_states_and_attentions_equal_the_reference(family, name):
 
 def test_generate_returns_hidden_states_and_attentions_in_stock_shapes(family):
     model = family.make_model(attn="eager")
-    inputs = _mixed_batch(family)
+    inputs = mixed_batch(family)
     options = dict(GREEDY, return_dict_in_generate=True, output_hidden_states=True, output_attentions=True)
     # without a cache the stock model re-reads every token id: a generated image token id would break it
     options["suppress_tokens"] = list(backbone_for(model).visual_token_ids(model.config))

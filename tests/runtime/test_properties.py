@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from tests.helpers.harness import reference_logits, visual_mask
 from hypothesis import HealthCheck, given, settings
