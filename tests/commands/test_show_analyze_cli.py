@@ -233,3 +233,21 @@ def test_show_and_analyze_count_qwen_tokens_at_the_papers_bounds_or_the_flags():
     assert count_visual(model, processor, item, smaller.processor_kwargs) == 234  # 504 x 364 px: 18 x 13 tokens
     with pytest.raises(UserError, match=r"^--min-pixels 500000 and --max-pixels 451584: give 0 < --min-pixels <= --max-pixels$"):
         family_protocol(model, processor, argparse.Namespace(min_pixels=500000, max_pixels=None))
+
+
+def test_pixel_flags_on_a_family_without_a_protocol_are_one_line(monkeypatch):
+    import argparse
+
+    from tests.eval.test_eval_runner import real_qwen_processor
+    from tests.helpers.models import tiny_qwen
+
+    from reroute.backbones import backbone_for
+    from reroute.commands.common import family_protocol
+    from reroute.errors import UserError
+
+    model, processor = tiny_qwen("qwen2_vl"), real_qwen_processor()
+    # as a family that declares no evaluation protocol (whatever Qwen2-VL declares now)
+    monkeypatch.setattr(type(backbone_for(model, processor)), "evaluation", None)
+    assert family_protocol(model, processor, argparse.Namespace(min_pixels=None, max_pixels=None)) is None
+    with pytest.raises(UserError, match=r"^--max-pixels: Qwen2-VL declares no processor bounds; drop --max-pixels$"):
+        family_protocol(model, processor, argparse.Namespace(min_pixels=None, max_pixels=1000))
