@@ -202,3 +202,61 @@ def test_paper_table_every_method_and_tier_resumable(data_dir, tmp_path, monkeyp
     monkeypatch.setattr(runner, "generate", no_generation)
     assert main(args) == 0
     assert (tmp_path / "paper_table.md").read_text() == table
+
+
+# ------------------------------------------------------------------------------ as the paper ran it
+
+
+def parsed(command, *extra):
+    import argparse
+
+    from reroute.commands import eval as eval_command
+    from reroute.commands import paper_table
+
+    parser = argparse.ArgumentParser()
+    {"eval": eval_command, "paper-table": paper_table}[command].add_arguments(parser)
+    return parser.parse_args(["--model", "m", "--data-dir", "d", *extra])
+
+
+def test_paper_table_runs_batch_1_and_eval_keeps_batching():
+    assert parsed("paper-table").batch_size == 1
+    assert parsed("eval").batch_size == 8
+    assert parsed("paper-table", "--max-pixels", "1000").max_pixels == 1000
+    assert parsed("eval").min_pixels is None and parsed("eval").max_pixels is None  # the family's own
+
+
+def test_pixel_flags_are_refused_on_a_family_without_bounds(data_dir, tmp_path, capsys):
+    assert main(eval_args(data_dir, tmp_path, "--min-pixels", "200704")) == 2
+    assert capsys.readouterr().err.split("\n")[-2:] == [
+        "reroute eval: --min-pixels does not apply to the demo family: its processor resizes every image to one size; "
+        "drop --min-pixels", ""
+    ]
+    assert not (tmp_path / "vanilla").exists()
+
+
+def test_paper_table_runs_nuwa_on_qwen_at_its_published_keep_ratios():
+    """On Qwen2.5-VL Nüwa's rows are its published settings (keep 0.75 / 0.5 / 0.25, ratios "paper");
+    every other row keeps --ratios; on LLaVA nothing changes."""
+    from tests.helpers.models import tiny_llava, tiny_qwen
+
+    from reroute.commands.paper_table import table_runs
+    from reroute.eval.setup import routing_config
+    from reroute.methods.nuwa.params import QWEN_RATIOS
+
+    qwen = tiny_qwen("qwen2_5_vl")
+    rows = table_runs("solved", qwen)
+    nuwa = [r for r in rows if r.method in ("nuwa", "nuwa_reroute")]
+    assert [(r.method, r.tier, r.keep, r.ratios, r.name) for r in nuwa] == [
+        (method, tier, keep, "paper", f"{method}-{tier}-paper")
+        for method in ("nuwa", "nuwa_reroute") for tier, keep in ((192, 0.75), (128, 0.5), (64, 0.25))
+    ]
+    assert {r.ratios for r in rows if r.method not in ("vanilla", "nuwa", "nuwa_reroute")} == {"solved"}
+    for row in nuwa:
+        config = routing_config(row.method, row.preset_tier(), row.ratios, qwen)
+        published = QWEN_RATIOS[row.keep]
+        assert dict(config.vision_params) == {"keep_fraction": published.stage1_fraction, "per_cell": published.per_cell}
+        assert config.keep_ratios == (published.stage2_fraction,) * len(config.decision_layers)
+        assert row.labels() == {"method": row.method, "tier": row.tier, "ratios": "paper", "keep": row.keep}
+    llava = table_runs("solved", tiny_llava())
+    assert all(r.keep is None and r.ratios in (None, "solved") for r in llava)
+    assert [r.name for r in llava] == [r.name for r in table_runs("solved")]

@@ -189,3 +189,65 @@ def test_analyze_task_without_the_eval_extra_is_one_line(missing, monkeypatch, c
     assert capsys.readouterr().err == (
         f"reroute analyze: --task needs the 'eval' extra (missing: {missing}): pip install 'reroute[eval]'\n"
     )
+
+
+# ------------------------------------------------------------------------------ pixel bounds
+
+
+def test_pixel_bounds_are_refused_on_the_demo_family(model_dir, image_file, tmp_path, capsys):
+    path, sample = image_file
+    show = ["show", "--model", str(model_dir), "--image", str(path), "--prompt", sample.question,
+            "--output", str(tmp_path / "f.png"), "--max-pixels", "451584"]
+    assert main(show) == 2
+    assert capsys.readouterr().err.split("\n")[-2:] == [  # after transformers' weight-loading bar
+        "reroute show: --max-pixels does not apply to the demo family: its processor resizes every image to one size; "
+        "drop --max-pixels", ""
+    ]
+    assert main(["analyze", "--model-dir", str(model_dir), "--min-pixels", "1000", "--output", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err == (
+        "reroute analyze: --min-pixels does not apply to the demo family: its processor resizes every image to one size; "
+        "drop --min-pixels\n"
+    )
+    assert not (tmp_path / "f.png").exists() and not (tmp_path / "a.md").exists()
+
+
+def test_show_and_analyze_count_qwen_tokens_at_the_papers_bounds_or_the_flags():
+    """`family_protocol` (show, analyze) gives Qwen2.5-VL the paper's bounds, or the flags'; `count_visual`
+    (what analyze scales the tier to) sees the realised tokens."""
+    import argparse
+
+    from PIL import Image
+    from tests.eval.test_eval_runner import real_qwen_processor
+    from tests.helpers.models import tiny_qwen
+
+    from reroute.commands.common import family_protocol
+    from reroute.errors import UserError
+    from reroute.viz.collect import PromptItem, count_visual, prompt_text
+
+    model, processor = tiny_qwen("qwen2_5_vl"), real_qwen_processor()
+    item = PromptItem((Image.new("RGB", (2000, 1500)),), prompt_text(processor, "w9", 1))
+    paper = family_protocol(model, processor, argparse.Namespace(min_pixels=None, max_pixels=None))
+    assert count_visual(model, processor, item, paper.processor_kwargs) == 540
+    assert count_visual(model, processor, item) == 3834  # the checkpoint's own bounds
+    smaller = family_protocol(model, processor, argparse.Namespace(min_pixels=None, max_pixels=256 * 28 * 28))
+    assert count_visual(model, processor, item, smaller.processor_kwargs) == 234  # 504 x 364 px: 18 x 13 tokens
+    with pytest.raises(UserError, match=r"^--min-pixels 500000 and --max-pixels 451584: give 0 < --min-pixels <= --max-pixels$"):
+        family_protocol(model, processor, argparse.Namespace(min_pixels=500000, max_pixels=None))
+
+
+def test_pixel_flags_on_a_family_without_a_protocol_are_one_line(monkeypatch):
+    import argparse
+
+    from tests.eval.test_eval_runner import real_qwen_processor
+    from tests.helpers.models import tiny_qwen
+
+    from reroute.backbones import backbone_for
+    from reroute.commands.common import family_protocol
+    from reroute.errors import UserError
+
+    model, processor = tiny_qwen("qwen2_vl"), real_qwen_processor()
+    # as a family that declares no evaluation protocol (whatever Qwen2-VL declares now)
+    monkeypatch.setattr(type(backbone_for(model, processor)), "evaluation", None)
+    assert family_protocol(model, processor, argparse.Namespace(min_pixels=None, max_pixels=None)) is None
+    with pytest.raises(UserError, match=r"^--max-pixels: Qwen2-VL declares no processor bounds; drop --max-pixels$"):
+        family_protocol(model, processor, argparse.Namespace(min_pixels=None, max_pixels=1000))

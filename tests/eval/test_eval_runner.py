@@ -9,6 +9,7 @@ family.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -16,6 +17,7 @@ from tests.helpers.eval_demo_data import write_demo_refcoco
 from tests.helpers.eval_fixtures import write_refcoco
 from tests.helpers.models import LLAVA_IMAGE_TOKEN, QWEN_END, QWEN_IMAGE, QWEN_START, VOCAB, tiny_llava, tiny_qwen
 from PIL import Image
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 import reroute
 from reroute.demo import modeling, synthetic
@@ -23,6 +25,7 @@ from reroute.demo.run import evaluate_config
 from reroute.eval.families import Family, detect_family
 from reroute.eval.records import read_records
 from reroute.eval.runner import EvalRun, evaluate, evaluate_task
+from reroute.eval.setup import pixel_bounds, routing_config
 from reroute.eval.tasks import get_task
 
 N_DEMO = 16
@@ -213,6 +216,8 @@ QWEN_TEMPLATE = (
     "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 QWEN_MAX_PIXELS = 32 * 32
+#: the tiny processor's own bounds (patches of 4 px): the family's default, the paper's, is for 14 px patches
+TINY_PIXELS = {"min_pixels": 64, "max_pixels": QWEN_MAX_PIXELS}
 
 
 def tiny_qwen_processor():
@@ -282,7 +287,8 @@ def test_tiny_llava_and_qwen_run_routed_through_the_runner(tmp_path):
     for name, model, processor in (("llava", tiny_llava(), tiny_llava_processor()),
                                    ("qwen2_5_vl", tiny_qwen("qwen2_5_vl"), tiny_qwen_processor())):
         config = reroute.RoutingConfig(action="reroute", decision_layers=(2, 4), keep_ratios=(0.5, 0.25))
-        run = EvalRun(name, config, name, name, rec_frame="resized", batch_size=4)
+        pixels = TINY_PIXELS if name == "qwen2_5_vl" else {}
+        run = EvalRun(name, config, name, name, rec_frame="resized", batch_size=4, **pixels)
         records = evaluate_task(model, processor, task, samples, run, tmp_path / name, progress=False)
         assert [r["id"] for r in records] == [s.id for s in samples]
         n_vis = records[0]["num_visual"]
@@ -316,7 +322,7 @@ def test_qwen_frame_is_given_to_parse_only_when_asked(tmp_path):
     model, processor = tiny_qwen("qwen2_5_vl"), tiny_qwen_processor()
     out = {}
     for frame in ("original", "resized"):
-        run = EvalRun(frame, None, "q", "qwen2_5_vl", rec_frame=frame, batch_size=1)
+        run = EvalRun(frame, None, "q", "qwen2_5_vl", rec_frame=frame, batch_size=1, **TINY_PIXELS)
         out[frame] = evaluate_task(model, processor, Spy(task), samples, run, tmp_path / frame, progress=False)[0]
     resized = tuple(out["resized"]["frame"])
     assert seen == [None, resized]
@@ -357,3 +363,73 @@ def test_crashed_rank_partial_file_is_resumed_by_one_process(demo, demo_data, tm
     assert not partial.exists()
     assert (tmp_path / "crash/run/refcoco_val.jsonl").read_bytes() == (tmp_path / "full/run/refcoco_val.jsonl").read_bytes()
     assert summary == full
+
+
+# ------------------------------------------------------------------------------ resolution
+
+
+def real_qwen_processor():
+    """The Qwen2.5-VL processor classes at the checkpoint's own image settings (14 px patches, merged
+    2 x 2, 3,136 to 12,845,056 pixels), with the tiny tokenizer: built here, nothing downloaded."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    processor = tiny_qwen_processor()
+    # Qwen2.5-VL-7B-Instruct's preprocessor_config.json: min_pixels 3136, max_pixels 12845056
+    processor.image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 3136, "longest_edge": 12845056})
+    return processor
+
+
+#: (width, height) -> visual tokens of one image: at the paper's bounds (200,704 to 451,584 pixels),
+#: at the checkpoint's (by hand: smart_resize to multiples of 28, then (w / 28) x (h / 28))
+PAPER_TOKENS = {(300, 200): 280, (500, 375): 266, (640, 480): 391, (2000, 1500): 540}
+CHECKPOINT_TOKENS = {(300, 200): 77, (500, 375): 234, (640, 480): 391, (2000, 1500): 3834}
+
+
+def test_qwen_default_resolution_is_the_papers():
+    """Qwen2.5-VL's protocol at default flags gives each image the paper's visual tokens (at most 576)."""
+    from reroute.backbones.qwen2_5_vl import QWEN2_5_VL
+
+    processor = real_qwen_processor()
+    run = EvalRun("r", None, "q", "qwen2_5_vl")
+    assert run.identity()["min_pixels"] == 200704 and run.identity()["max_pixels"] == 451584
+    checkpoint = dataclasses.replace(QWEN2_5_VL, processor_kwargs={})
+    for (width, height), tokens in PAPER_TOKENS.items():
+        image = Image.new("RGB", (width, height), (90, 120, 30))
+        for protocol, expected in ((run.protocol(), tokens), (checkpoint, CHECKPOINT_TOKENS[width, height])):
+            prompt = protocol.prompt(processor, "w9", 1)
+            encoded = protocol.encode(processor, [prompt], [[image]])
+            assert int((encoded.inputs["input_ids"] == QWEN_IMAGE).sum()) == expected, (width, height)
+        assert tokens <= 576
+
+
+def test_pixel_bounds_are_the_runs_and_refused_where_the_family_has_none():
+    run = EvalRun("r", None, "q", "qwen2_5_vl", max_pixels=200704 * 2)
+    assert pixel_bounds(run.protocol()) == (200704, 401408)
+    assert (run.identity()["min_pixels"], run.identity()["max_pixels"]) == (200704, 401408)
+    assert "min_pixels" not in EvalRun("r", None, "l", "llava").identity()  # LLaVA's run.json is as before
+    with pytest.raises(ValueError, match=r"^min_pixels does not apply to the llava family: its processor resizes "
+                       r"every image to one size; drop min_pixels$"):
+        EvalRun("r", None, "l", "llava", min_pixels=100)
+    with pytest.raises(ValueError, match=r"^min_pixels 500000 and max_pixels 451584: give 0 < min_pixels <= max_pixels$"):
+        EvalRun("r", None, "q", "qwen2_5_vl", min_pixels=500000)
+
+
+def test_qwen_tier_is_a_fraction_of_each_samples_realised_tokens(tmp_path):
+    """Two pixel bounds, two visual-token counts per image: each record's num_visual is what the
+    processor realised, and a routed run at paper tier 128 keeps about 128 / 576 of it."""
+    write_refcoco(tmp_path / "data", n_objects=2)
+    task = ShortAnswers(get_task("refcoco_val"))
+    samples = task.load(tmp_path / "data")
+    model, processor = tiny_qwen("qwen2_5_vl"), tiny_qwen_processor()
+    config = routing_config("reroute_vs_fastv", 128, "solved", model)
+    counts = {}
+    for max_pixels in (32 * 32, 64 * 48):
+        run = EvalRun(f"p{max_pixels}", config, "q", "qwen2_5_vl", min_pixels=64, max_pixels=max_pixels)
+        records = evaluate_task(model, processor, task, samples, run, tmp_path / run.name, progress=False)
+        height, width = smart_resize(48, 64, factor=8, min_pixels=64, max_pixels=max_pixels)
+        counts[max_pixels] = {r["num_visual"] for r in records}
+        assert counts[max_pixels] == {width * height // 64}
+        for r in records:
+            assert r["visual_per_layer"] == config.visual_counts_per_layer(r["num_visual"], 6)
+            assert abs(r["avg_T"] - 128 / 576 * r["num_visual"]) <= 1.0
+    assert counts[32 * 32] != counts[64 * 48]

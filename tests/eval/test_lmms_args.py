@@ -268,3 +268,27 @@ def test_demo_task_docs_give_the_image_and_the_bare_question():
     (image,) = demo_task.doc_to_visual(doc)
     assert image.mode == "RGB" and image.size == sample.image.size
     assert demo_task.doc_to_text(doc) == sample.question
+
+
+# ------------------------------------------------------------------------------ pixel bounds
+
+
+def test_pixel_args_default_to_the_papers_and_are_refused_on_llava():
+    from reroute.eval.lmms.args import set_pixel_args
+
+    qwen = {"pretrained": "Qwen/Qwen2.5-VL-7B-Instruct"}
+    set_pixel_args(qwen, "qwen2_5_vl")
+    assert qwen == {"pretrained": "Qwen/Qwen2.5-VL-7B-Instruct", "min_pixels": 200704, "max_pixels": 451584}
+    given = {"max_pixels": 16384, "min_pixels": 1024}
+    set_pixel_args(given, "qwen2_5_vl")
+    assert given == {"min_pixels": 1024, "max_pixels": 16384}
+    llava = {"pretrained": "llava-hf/llava-1.5-7b-hf"}
+    set_pixel_args(llava, "llava")
+    assert llava == {"pretrained": "llava-hf/llava-1.5-7b-hf"}  # nothing added where the processor takes no bounds
+    with pytest.raises(ValueError, match=r"^max_pixels does not apply to the llava family: its processor resizes every "
+                       r"image to one size; drop max_pixels$"):
+        set_pixel_args({"max_pixels": 451584}, "llava")
+    with pytest.raises(ValueError, match=r"^min_pixels 500000 and max_pixels 451584: give 0 < min_pixels <= max_pixels$"):
+        set_pixel_args({"min_pixels": 500000}, "qwen2_5_vl")
+    with pytest.raises(ValueError, match=r"^max_pixels='big' is not a positive integer: write e\.g\. max_pixels=451584$"):
+        set_pixel_args({"max_pixels": "big"}, "qwen2_5_vl")

@@ -18,6 +18,10 @@ QWEN2_5_VL = EvalProtocol(
     conversation=chat_template_conversation("Qwen2.5-VL"),
     grounding_prompt=QWEN_GROUNDING_PROMPT,
     resized_frames=grid_thw_frames,
+    # The paper's resolution (its "iso-576-token convention"): lmms-eval's min_pixels = 256 x 28 x 28
+    # and max_pixels = 576 x 28 x 28, so an image gives 256 to 576 visual tokens; the checkpoint's
+    # own processor allows 4 to 16,384 (docs/evaluation.md, "Resolution").
+    processor_kwargs={"size": {"shortest_edge": 256 * 28 * 28, "longest_edge": 576 * 28 * 28}},
 )
 
 

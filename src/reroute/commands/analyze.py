@@ -20,7 +20,7 @@ from pathlib import Path
 
 from reroute.budgets import REFERENCE_NUM_VISUAL
 from reroute.budgets.pairs import paired_presets
-from reroute.commands.common import check_paper_tier
+from reroute.commands.common import add_pixel_arguments, check_paper_tier, family_protocol
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
 
@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--presets", default=",".join(DEFAULT_PRESETS),
                         help="comma-separated presets to run (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=50)
+    add_pixel_arguments(parser)
     parser.add_argument("--output", default="outputs/analysis/demo",
                         help="path stem: writes STEM.md, STEM.json, STEM.png (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -72,14 +73,16 @@ def analyze_task(args, names: list[str]):
         raise UserError(f"--task {args.task}: give --data-dir, the folder with the task's files")
     task = _get_task(args.task)
     model, processor = load_vlm(args.model or args.model_dir)
+    protocol = family_protocol(model, processor, args)
+    processor_kwargs = protocol.processor_kwargs if protocol is not None else {}
     try:
         family = model_family(model, processor)
         items = task_items(task, task.load(args.data_dir, limit=args.num_samples), family, processor)
         if not items:
             raise ValueError(f"task {args.task} has no samples in {args.data_dir}")
-        num_visual = count_visual(model, processor, items[0])
+        num_visual = count_visual(model, processor, items[0], processor_kwargs)
         configs = preset_configs(names, args.tier, model, num_visual, args.ratios)
-        rows, summaries = analyze_items(model, processor, items, configs, args.batch_size)
+        rows, summaries = analyze_items(model, processor, items, configs, args.batch_size, processor_kwargs)
     except (ValueError, FileNotFoundError) as error:
         raise UserError(str(error).splitlines()[0]) from None
     meta = {
@@ -89,6 +92,7 @@ def analyze_task(args, names: list[str]):
         "num_grounding": sum(item.box is not None for item in items),
         "paper_tier": args.tier,
         "num_visual": num_visual,
+        "processor_kwargs": dict(processor_kwargs),
         # the paper's tiers are budgets out of its reference count; the prompts have num_visual tokens
         "tier": args.tier * num_visual / REFERENCE_NUM_VISUAL,
         "ratios": args.ratios,
@@ -96,6 +100,17 @@ def analyze_task(args, names: list[str]):
                     for n, c in configs.items()},
     }
     return rows, summaries, meta
+
+
+def refuse_pixel_bounds_on_demo(args: argparse.Namespace) -> None:
+    """The demo set runs on a demo model, whose processor resizes every image to one size."""
+    from reroute.demo.family import DEMO
+    from reroute.eval.setup import with_pixel_bounds
+
+    try:
+        with_pixel_bounds(DEMO, args.min_pixels, args.max_pixels)
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_samples < 1 or args.batch_size < 1:
         raise UserError("--num-samples and --batch-size must be >= 1")
     if args.task is None:
+        refuse_pixel_bounds_on_demo(args)
         model_dir = Path(args.model_dir) if args.model_dir else MODEL_DIR
         if not (model_dir / "config.json").is_file():
             raise UserError(f"--model-dir {model_dir}: no saved demo model there (config.json missing)")

@@ -1,5 +1,6 @@
 """What several commands share: configs from JSON files and boxes (`show`, `analyze`), the paper-tier
-check, and the evaluation commands' help epilog and model loading (`eval`, `paper-table`)."""
+check, the processor's pixel bounds (`eval`, `paper-table`, `show`, `analyze`), and the evaluation
+commands' help epilog and model loading (`eval`, `paper-table`)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,34 @@ def check_paper_tier(ratios: str, tier: float) -> None:
         raise UserError(f"--ratios paper has published ratios for tiers {tiers} only, got --tier {tier:g}; use --ratios solved")
 
 
+def add_pixel_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--min-pixels`` / ``--max-pixels``: the processor's bounds on an image's pixel count."""
+    parser.add_argument("--min-pixels", type=int, default=None,
+                        help="fewest pixels an image is resized to, where the family's processor takes bounds "
+                        "(Qwen-VL; default: the family's, the paper's: 200704 on Qwen2.5-VL)")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="most pixels an image is resized to (default: the family's, the paper's: 451584 on "
+                        "Qwen2.5-VL, at most 576 visual tokens per image)")
+
+
+def family_protocol(model: Any, processor: Any, args: argparse.Namespace) -> Any:
+    """The `EvalProtocol` the model's family declares, with ``--min-pixels`` / ``--max-pixels`` applied;
+    None for a family that declares none (then either flag is refused). One-line errors."""
+    from reroute.backbones import backbone_for
+    from reroute.eval.setup import with_pixel_bounds
+
+    protocol = backbone_for(model, processor).evaluation
+    if protocol is None:
+        given = "--min-pixels" if args.min_pixels is not None else "--max-pixels" if args.max_pixels is not None else None
+        if given is not None:
+            raise UserError(f"{given}: {backbone_for(model, processor).family} declares no processor bounds; drop {given}")
+        return None
+    try:
+        return with_pixel_bounds(protocol, args.min_pixels, args.max_pixels)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
 #: the help epilog of `reroute eval` and `reroute paper-table` (tiers, outputs, several GPUs)
 EVAL_EPILOG = """\
 tiers:
@@ -81,6 +110,8 @@ tiers:
   scaled to tier * N / 576 (the demo model: 144 tokens, so --tier 64 keeps avg_T 16); on
   Qwen2.5-VL, whose N varies per image, every sample gets the same fraction tier / 576.
   Decision layers are the paper's (LLaVA's 32 layers) scaled to the model's depth.
+  Qwen2.5-VL runs at the paper's resolution by default (--min-pixels 200704, --max-pixels
+  451584: 256 to 576 visual tokens per image); each record's num_visual is what it realised.
   --ratios solved (default) solves each preset's schedule shape for that budget exactly;
   --ratios paper uses the published keep ratios verbatim (tiers 192, 128, 64 only).
 
@@ -103,8 +134,8 @@ several GPUs or nodes (samples are split by stride; results equal a one-process 
 
 def prepare_model(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
     """(model, processor, family, device) with one-line errors."""
-    from reroute.eval.families import detect_family
-    from reroute.eval.setup import load_model
+    from reroute.eval.families import Family, detect_family
+    from reroute.eval.setup import load_model, with_pixel_bounds
     from reroute.eval.shard import default_device
 
     device = args.device or default_device()
@@ -114,4 +145,8 @@ def prepare_model(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
         hf_logging.disable_progress_bar()
     model, processor = load_model(args.model, args.dtype, device)
     family = args.family if args.family != "auto" else detect_family(model, processor)
+    try:  # the pixel bounds fit the family (refused in one line where it has none)
+        with_pixel_bounds(Family(family).protocol, args.min_pixels, args.max_pixels)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     return model, processor, family, device

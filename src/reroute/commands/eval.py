@@ -11,7 +11,7 @@ from pathlib import Path
 
 import reroute.demo  # noqa: F401  registers the demo model's family (``--family demo``)
 from reroute.budgets import preset_names
-from reroute.commands.common import EVAL_EPILOG, check_paper_tier, prepare_model
+from reroute.commands.common import EVAL_EPILOG, add_pixel_arguments, check_paper_tier, prepare_model
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
 from reroute.eval.setup import (
@@ -45,8 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="a RoutingConfig as a JSON file (instead of --preset)")
     parser.add_argument("--run-name", default=None, help="the run's folder name under --output")
     parser.add_argument("--limit", type=int, default=None, help="first N samples of each task")
-    parser.add_argument("--batch-size", type=int, default=8, help="samples per generate() call (default 8)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="samples per generate() call (default 8; the paper ran 1: docs/evaluation.md, \"Batching\")")
     parser.add_argument("--family", default="auto", choices=("auto", *MODEL_FAMILIES), help="prompt family (default: from the model)")
+    add_pixel_arguments(parser)
     parser.add_argument(
         "--rec-frame", default="original", choices=("original", "resized"),
         help="REC boxes read in the original image's frame (default, the paper's) or in Qwen's resized frame",
@@ -106,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         check_routable(model, config)
         labels = {"method": Path(args.config).stem if args.config else args.preset, "tier": args.tier,
                   "ratios": None if args.config or args.preset == VANILLA else args.ratios}
-        eval_run = EvalRun(default_run_name(args), config, args.model, family, args.rec_frame, args.batch_size, labels)
+        eval_run = EvalRun(default_run_name(args), config, args.model, family, args.rec_frame, args.batch_size, labels,
+                           min_pixels=args.min_pixels, max_pixels=args.max_pixels)
         shard = current_shard()
         from reroute.eval.runner import check_run_dir
 

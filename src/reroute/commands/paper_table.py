@@ -6,6 +6,11 @@ so the table is resumable run by run and sample by sample, and shards under
 row per method and tier and one column per task's headline metric (the first metric its
 `score` returns), then avg_T, decoder FLOPs and KV cache relative to vanilla (averaged over
 the tasks).
+
+As the paper ran it: one sample per generate() call by default (``--batch-size``), and on
+Qwen2.5-VL, where Nüwa publishes overall keep ratios instead of tiers, Nüwa's rows use those
+(0.75, 0.5, 0.25 in the rows of tiers 192, 128, 64, as `reroute cost` pairs them) with
+``ratios="paper"`` whatever ``--ratios`` says.
 """
 
 from __future__ import annotations
@@ -13,16 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reroute.budgets import PAPER_TIERS, preset_names
-from reroute.commands.common import EVAL_EPILOG, prepare_model
+from reroute.budgets import PAPER_TIERS, REFERENCE_NUM_VISUAL, preset_names
+from reroute.commands.common import EVAL_EPILOG, add_pixel_arguments, prepare_model
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
 from reroute.eval.setup import DTYPES, VANILLA, check_routable, load_samples, one_line, parse_tasks, routing_config
 from reroute.eval.task import model_families
-
+from reroute.methods.nuwa.params import QWEN_RATIOS
+from reroute.methods.nuwa.presets import NUWA_PRESETS, publishes_keep_ratios
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,24 +41,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", default="refcoco_val,pope", help="comma-separated task names (default refcoco_val,pope)")
     parser.add_argument("--limit", type=int, default=None, help="first N samples of each task")
     parser.add_argument("--ratios", default="solved", choices=("solved", "paper"), help="keep ratios: solved (default) or paper")
-    parser.add_argument("--batch-size", type=int, default=8, help="samples per generate() call (default 8)")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="samples per generate() call (default 1, as the paper ran; docs/evaluation.md, \"Batching\")")
     parser.add_argument("--family", default="auto", choices=("auto", *model_families()))
+    add_pixel_arguments(parser)
     parser.add_argument("--rec-frame", default="original", choices=("original", "resized"))
     parser.add_argument("--dtype", default="auto", choices=DTYPES)
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def table_runs(ratios: str) -> list[tuple[str, int | None, str]]:
-    """(method, paper tier, run name) of every row, in table order."""
-    runs: list[tuple[str, int | None, str]] = []
-    for method in (VANILLA, *preset_names()):  # every registered preset, in registration order
-        if method == VANILLA:
-            runs.append((method, None, VANILLA))
-            continue
-        for tier in PAPER_TIERS:
-            runs.append((method, tier, f"{method}-{tier}-{ratios}"))
+@dataclass(frozen=True)
+class TableRun:
+    """One row of the table: ``method`` at paper ``tier`` (None: vanilla), run as ``name`` with
+    ``ratios``; ``keep`` is Nüwa's published overall keep ratio where the row uses one (Qwen2.5-VL)."""
+
+    method: str
+    tier: int | None
+    name: str
+    ratios: str | None = None
+    keep: float | None = None
+
+    def preset_tier(self) -> float | None:
+        """The tier `routing_config` is asked for: Nüwa's keep ratio addresses its published setting
+        as ``keep x 576`` (`reroute.methods.nuwa.presets`)."""
+        return self.tier if self.keep is None else self.keep * REFERENCE_NUM_VISUAL
+
+    def labels(self) -> dict[str, Any]:
+        labels = {"method": self.method, "tier": self.tier, "ratios": self.ratios}
+        return labels if self.keep is None else {**labels, "keep": self.keep}
+
+
+def table_runs(ratios: str, model: Any = None) -> list[TableRun]:
+    """Every row, in table order; on a model where Nüwa publishes keep ratios (Qwen2.5-VL) its rows
+    use them, largest first (tiers 192, 128, 64 -> keep 0.75, 0.5, 0.25)."""
+    runs = [TableRun(VANILLA, None, VANILLA)]
+    nuwa_keeps = sorted(QWEN_RATIOS, reverse=True) if model is not None and _publishes_keep_ratios(model) else None
+    for method in preset_names():  # every registered preset, in registration order
+        for index, tier in enumerate(PAPER_TIERS):
+            if method in NUWA_PRESETS and nuwa_keeps is not None:
+                runs.append(TableRun(method, tier, f"{method}-{tier}-paper", "paper", nuwa_keeps[index]))
+            else:
+                runs.append(TableRun(method, tier, f"{method}-{tier}-{ratios}", ratios))
     return runs
+
+
+def _publishes_keep_ratios(model: Any) -> bool:
+    try:
+        return publishes_keep_ratios(model)
+    except (TypeError, ValueError):  # a family without a Nüwa tower: its rows are refused later, as before
+        return False
 
 
 def format_table(rows: list[dict[str, Any]], task_names: list[str]) -> str:
@@ -74,6 +113,8 @@ def format_table(rows: list[dict[str, Any]], task_names: list[str]) -> str:
             m = task["metrics"][task["headline"]]
             cells.append(f"{m['value']:.4f} [{m['low']:.3f}, {m['high']:.3f}]")
         tier = "-" if row["tier"] is None else str(row["tier"])
+        if row.get("keep") is not None:
+            tier += f" (keep {row['keep']:g})"
         lines.append(
             f"| {row['method']} | {tier} | " + " | ".join(cells)
             + f" | {row['avg_T']:.1f} | {row['flops_paper_rel']:.3f} | {row['kv_rel']:.3f} |"
@@ -81,15 +122,16 @@ def format_table(rows: list[dict[str, Any]], task_names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table_row(method: str, tier: int | None, summary: dict[str, Any], task_names: list[str]) -> dict[str, Any]:
+def table_row(row: TableRun, summary: dict[str, Any], task_names: list[str]) -> dict[str, Any]:
     tasks = {name: summary["tasks"][name] for name in task_names}
 
     def mean(key: str) -> float:
         return statistics.fmean(t[key] for t in tasks.values())
 
     return {
-        "method": method,
-        "tier": tier,
+        "method": row.method,
+        "tier": row.tier,
+        **({} if row.keep is None else {"keep": row.keep}),
         "run": summary["run"],
         "config": summary["config"],
         "tasks": tasks,
@@ -110,23 +152,23 @@ def run(args: argparse.Namespace) -> int:
         tasks = load_samples(parse_tasks(args.tasks), args.data_dir, args.limit)
         model, processor, family, _ = prepare_model(args)
         plan = []
-        for method, tier, name in table_runs(args.ratios):
-            config = routing_config(method, tier, args.ratios, model)
+        for row in table_runs(args.ratios, model):
+            config = routing_config(row.method, row.preset_tier(), row.ratios or args.ratios, model)
             check_routable(model, config)
-            labels = {"method": method, "tier": tier, "ratios": None if tier is None else args.ratios}
-            eval_run = EvalRun(name, config, args.model, family, args.rec_frame, args.batch_size, labels)
-            check_run_dir(eval_run, Path(args.output) / name)
-            plan.append((method, tier, eval_run))
+            eval_run = EvalRun(row.name, config, args.model, family, args.rec_frame, args.batch_size, row.labels(),
+                               min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+            check_run_dir(eval_run, Path(args.output) / row.name)
+            plan.append((row, eval_run))
     except (ValueError, TypeError, FileNotFoundError) as error:  # from the model, the tasks or apply()'s checks
         raise UserError(one_line(error)) from None
 
     shard = current_shard()
     names = [task.name for task, _ in tasks]
     rows = []
-    for method, tier, eval_run in plan:
+    for row, eval_run in plan:
         summary = evaluate(model, processor, tasks, eval_run, args.output, shard=shard, progress=not args.no_progress)
         if summary is not None:
-            rows.append(table_row(method, tier, summary, names))
+            rows.append(table_row(row, summary, names))
     if not shard.is_main:
         return 0
     table = format_table(rows, names)

@@ -13,7 +13,14 @@ import argparse
 from pathlib import Path
 
 from reroute.budgets.pairs import paired_presets, remove_and_reroute
-from reroute.commands.common import check_paper_tier, config_file_pair, load_vlm, parse_box
+from reroute.commands.common import (
+    add_pixel_arguments,
+    check_paper_tier,
+    config_file_pair,
+    family_protocol,
+    load_vlm,
+    parse_box,
+)
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
 
@@ -32,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="show.png", help="figure path, .png or .svg (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_pixel_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,8 +68,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
 
     model, processor = load_vlm(args.model)
+    protocol = family_protocol(model, processor, args)  # its pixel bounds (Qwen-VL: the paper's by default)
+    processor_kwargs = protocol.processor_kwargs if protocol is not None else {}
     text = prompt_text(processor, args.prompt, len(images))
-    inputs = {k: v.to(model.device) for k, v in processor(images=images, text=[text], return_tensors="pt").items()}
+    encoded = processor(images=images, text=[text], return_tensors="pt", **processor_kwargs)
+    inputs = {k: v.to(model.device) for k, v in encoded.items()}
     grids = grids_for(model, processor, inputs, [im.size for im in images])
     num_visual = sum(len(g.positions) for g in grids)
     try:

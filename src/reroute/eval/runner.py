@@ -11,8 +11,10 @@ records as read back from that file, so an interrupted-and-resumed run summarise
 uninterrupted one.
 
 A record holds: id, prompt, answer (the decoded text), prediction (`Task.parse`), target,
-meta, frame (the resized image frame given to `parse`, or null), num_visual, num_text, and
-from the routing trace of its batch: visual_per_layer and avg_T.
+meta, frame (the resized image frame given to `parse`, or null), num_visual (the visual tokens
+the processor realised for this sample, at the run's pixel bounds where the family has them),
+num_text, and from the routing trace of its batch: visual_per_layer and avg_T (a routed run keeps
+its keep ratios' fractions of this sample's own num_visual).
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ import torch
 from tqdm.auto import tqdm
 
 import reroute
+from reroute.backbones import EvalProtocol
 from reroute.config import RoutingConfig
 from reroute.budgets.cost import decoder_dims
 from reroute.eval.families import Family, generate, move_to
 from reroute.eval.records import Appender, read_records, write_atomically
+from reroute.eval.setup import pixel_bounds, with_pixel_bounds
 from reroute.eval.shard import Shard
 from reroute.eval.summary import format_summary, json_safe, summarize, versions
 from reroute.eval.task import EvalSample, Task
@@ -50,6 +54,8 @@ class EvalRun:
         frame) or "resized" (Qwen2.5-VL: in the frame the processor resized the image to).
     batch_size: samples per generate() call.
     labels: free-form descriptors kept in the summary (method, tier, ratios, ...).
+    min_pixels, max_pixels: the processor's pixel bounds where the family has them (Qwen-VL);
+        None keeps the family's default, the paper's (`reroute.eval.setup.with_pixel_bounds`).
     """
 
     name: str
@@ -59,6 +65,8 @@ class EvalRun:
     rec_frame: str = "original"
     batch_size: int = 8
     labels: dict[str, Any] = field(default_factory=dict)
+    min_pixels: int | None = None
+    max_pixels: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name in (".", ".."):
@@ -68,15 +76,26 @@ class EvalRun:
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
         Family(self.family)  # validates the name
+        self.protocol()  # validates the pixel bounds
+
+    def protocol(self) -> EvalProtocol:
+        """The family's evaluation protocol with this run's pixel bounds."""
+        names = ("min_pixels", "max_pixels")
+        return with_pixel_bounds(Family(self.family).protocol, self.min_pixels, self.max_pixels, names)
 
     def identity(self) -> dict[str, Any]:
-        """What must not change between a run and its resumption (written to run.json)."""
-        return {
+        """What must not change between a run and its resumption (written to run.json); the
+        processor's pixel bounds where the family has them."""
+        identity = {
             "model": self.model_id,
             "family": self.family,
             "rec_frame": self.rec_frame,
             "config": config_dict(self.config),
         }
+        bounds = pixel_bounds(self.protocol())
+        if bounds is not None:
+            identity["min_pixels"], identity["max_pixels"] = bounds
+        return identity
 
 
 def config_dict(config: RoutingConfig | None) -> dict[str, Any] | None:
@@ -119,7 +138,7 @@ def _run_batch(
 ) -> list[dict[str, Any]]:
     images = [sample.load_images() for sample in batch]
     prompts = [family.prompt(processor, task.prompt(sample, family.name), len(imgs)) for sample, imgs in zip(batch, images)]
-    encoded = family.encode(processor, prompts, images)
+    encoded = run.protocol().encode(processor, prompts, images)
     inputs = move_to(encoded.inputs, model.device, model.dtype)
     answers = generate(model, processor, inputs, task.max_new_tokens())
     num_visual = _visual_counts(model, inputs["input_ids"])

@@ -4,8 +4,9 @@ the benchmarks; every mistake a user can make here is a one-line `reroute.errors
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,44 @@ def check_routable(model: Any, config: Any) -> None:
 
     if config is not None:
         reroute.apply(model, config).restore()
+
+
+# ----------------------------------------------------------------------------- resolution
+
+#: the processor's ``size`` keys that bound an image's pixel count (transformers' Qwen-VL image
+#: processors: the resize keeps ``shortest_edge <= height x width <= longest_edge``)
+PIXEL_KEYS: tuple[str, str] = ("shortest_edge", "longest_edge")
+
+
+def pixel_bounds(protocol: Any) -> tuple[int, int] | None:
+    """(min_pixels, max_pixels) a family's `EvalProtocol` passes to its processor, or None when it
+    declares none (its processor resizes to a fixed size: LLaVA-1.5, the demo)."""
+    size = protocol.processor_kwargs.get("size")
+    if isinstance(size, Mapping) and all(key in size for key in PIXEL_KEYS):
+        return int(size[PIXEL_KEYS[0]]), int(size[PIXEL_KEYS[1]])
+    return None
+
+
+def with_pixel_bounds(
+    protocol: Any, min_pixels: int | None, max_pixels: int | None, names: tuple[str, str] = ("--min-pixels", "--max-pixels")
+) -> Any:
+    """``protocol`` with its processor's pixel bounds replaced where given (None keeps the family's
+    default, the paper's). A family without bounds refuses either (a one-line ValueError); ``names``
+    are how the user wrote them (flags, or lmms-eval's ``min_pixels=``)."""
+    if min_pixels is None and max_pixels is None:
+        return protocol
+    given = names[0] if min_pixels is not None else names[1]
+    bounds = pixel_bounds(protocol)
+    if bounds is None:
+        raise ValueError(
+            f"{given} does not apply to the {protocol.name} family: its processor resizes every image to one size; drop {given}"
+        )
+    low = bounds[0] if min_pixels is None else min_pixels
+    high = bounds[1] if max_pixels is None else max_pixels
+    if not 0 < low <= high:
+        raise ValueError(f"{names[0]} {low} and {names[1]} {high}: give 0 < {names[0]} <= {names[1]}")
+    size = {**protocol.processor_kwargs["size"], PIXEL_KEYS[0]: low, PIXEL_KEYS[1]: high}
+    return dataclasses.replace(protocol, processor_kwargs={**protocol.processor_kwargs, "size": size})
 
 
 def one_line(error: BaseException) -> str:

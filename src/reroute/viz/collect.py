@@ -51,34 +51,40 @@ def model_family(model, processor) -> str:
     return protocol.name
 
 
-def encode_items(processor, items: Sequence[PromptItem]) -> dict:
-    """Processor inputs for a batch of items, left-padded (the tokenizer's side is restored)."""
+def encode_items(processor, items: Sequence[PromptItem], processor_kwargs: Mapping[str, Any] | None = None) -> dict:
+    """Processor inputs for a batch of items, left-padded (the tokenizer's side is restored);
+    ``processor_kwargs`` are the family's extra processor arguments (`EvalProtocol.processor_kwargs`:
+    Qwen-VL's pixel bounds)."""
     tokenizer = getattr(processor, "tokenizer", None)
     side = getattr(tokenizer, "padding_side", None)
     if tokenizer is not None:
         tokenizer.padding_side = "left"
     try:
         images = [image for item in items for image in item.images]
-        return dict(processor(images=images, text=[item.text for item in items], return_tensors="pt", padding=True))
+        texts = [item.text for item in items]
+        return dict(processor(images=images, text=texts, return_tensors="pt", padding=True, **(processor_kwargs or {})))
     finally:
         if tokenizer is not None:
             tokenizer.padding_side = side
 
 
-def count_visual(model, processor, item: PromptItem) -> int:
+def count_visual(model, processor, item: PromptItem, processor_kwargs: Mapping[str, Any] | None = None) -> int:
     """The visual tokens of one item's prompt (what the presets' tiers are scaled to)."""
-    inputs = encode_items(processor, [item])
+    inputs = encode_items(processor, [item], processor_kwargs)
     return int(backbone_for(model).visual_mask(model.config, inputs["input_ids"]).sum())
 
 
 @torch.no_grad()
-def trace_items(model, processor, items: Sequence[PromptItem], config: RoutingConfig, batch_size: int) -> list[TracedSample]:
+def trace_items(
+    model, processor, items: Sequence[PromptItem], config: RoutingConfig, batch_size: int,
+    processor_kwargs: Mapping[str, Any] | None = None,
+) -> list[TracedSample]:
     """Per item: its trace under ``config`` (scores recorded), its token grids and its box."""
     out = []
     with apply(model, config, record_scores=True) as handle:
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
-            inputs = {k: v.to(model.device) for k, v in encode_items(processor, batch).items()}
+            inputs = {k: v.to(model.device) for k, v in encode_items(processor, batch, processor_kwargs).items()}
             model(**inputs, use_cache=False)
             for b, item in enumerate(batch):
                 grids = grids_for(model, processor, inputs, [image.size for image in item.images], sample=b)
@@ -87,11 +93,13 @@ def trace_items(model, processor, items: Sequence[PromptItem], config: RoutingCo
 
 
 def analyze_items(
-    model, processor, items: Sequence[PromptItem], configs: Mapping[str, RoutingConfig], batch_size: int = 8
+    model, processor, items: Sequence[PromptItem], configs: Mapping[str, RoutingConfig], batch_size: int = 8,
+    processor_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[list[DecisionStats], list[RunSummary]]:
     """`reroute.viz.statistics` rows and per-run summaries of each named configuration over ``items``."""
     runs = [
-        RunTraces(name, config.action, config.decision_layers, tuple(trace_items(model, processor, items, config, batch_size)))
+        RunTraces(name, config.action, config.decision_layers,
+                  tuple(trace_items(model, processor, items, config, batch_size, processor_kwargs)))
         for name, config in configs.items()
     ]
     return analyze_traces(runs), summarize_runs(runs)

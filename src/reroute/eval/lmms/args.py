@@ -11,6 +11,10 @@ refuse unknown keys). Two ways to choose a routing, never both:
 
 ``execution=stagewise|per_layer`` goes with either. No routing key at all: the model runs unrouted.
 Everything is checked before the model loads, so a typo costs seconds, not a 7B load.
+
+``min_pixels=`` / ``max_pixels=`` are lmms-eval's own Qwen-VL arguments; `set_pixel_args` fills
+them with the family's defaults, the paper's (Qwen2.5-VL: 200704 / 451584, where lmms-eval's own
+class would use 200704 / 1605632), and refuses them for a family whose processor takes no bounds.
 """
 
 from __future__ import annotations
@@ -22,13 +26,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import reroute
+from reroute.backbones import evaluation_protocols
 from reroute.budgets import REFERENCE_NUM_LAYERS, REFERENCE_NUM_VISUAL
 from reroute.config import RoutingConfig
+from reroute.eval.setup import pixel_bounds, with_pixel_bounds
 
 PRESET_KEYS: tuple[str, ...] = ("preset", "tier", "ratios", "num_visual")
 FIELD_KEYS: tuple[str, ...] = ("action", "decision_layers", "keep_ratios")
 ROUTING_KEYS: tuple[str, ...] = (*PRESET_KEYS, *FIELD_KEYS, "execution")
 RATIO_SOURCES: tuple[str, ...] = ("solved", "paper")
+#: lmms-eval's Qwen-VL resolution arguments (`set_pixel_args`)
+PIXEL_ARGS: tuple[str, str] = ("min_pixels", "max_pixels")
+
+
+def set_pixel_args(model_args: MutableMapping[str, Any], family: str) -> None:
+    """``min_pixels`` / ``max_pixels`` of ``model_args`` (in place) for the evaluation family ``family``:
+    the family's defaults, the paper's, where not given; a one-line ValueError where the family's
+    processor takes no bounds (LLaVA) or the values are not 0 < min <= max."""
+    given = {key: _positive_integer(model_args, key) for key in PIXEL_ARGS if key in model_args}
+    protocol = with_pixel_bounds(evaluation_protocols()[family], given.get("min_pixels"), given.get("max_pixels"), PIXEL_ARGS)
+    bounds = pixel_bounds(protocol)
+    if bounds is not None:
+        model_args["min_pixels"], model_args["max_pixels"] = bounds
 
 
 @dataclass(frozen=True)
@@ -190,6 +209,8 @@ _EXAMPLES = {
     "tier": "tier=128",
     "ratios": "ratios=solved",
     "num_visual": "num_visual=576",
+    "min_pixels": "min_pixels=200704",
+    "max_pixels": "max_pixels=451584",
     "action": "action=reroute",
     "decision_layers": "decision_layers=[3,7,15,23]",
     "keep_ratios": "keep_ratios=[0.1418,0.1418,0.1418,0.1418]",

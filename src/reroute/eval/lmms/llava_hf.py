@@ -14,6 +14,8 @@ from reroute.eval.lmms.models import RoutedMixin
 class _LlavaHfKwargs:
     """Put before `RoutedMixin`: its `_prepare_kwargs` replaces the mixin's no-op."""
 
+    family = "llava"
+
     def _prepare_kwargs(self, kwargs: dict[str, Any]) -> None:
         # lmms-eval 0.7.3 passes device_map="" (its default) to from_pretrained in a single
         # process, which transformers 5 refuses; a single process loads onto `device` instead.

@@ -3,7 +3,8 @@
 Prompts, chat templates, generation settings and answer parsing stay lmms-eval's: each
 class here subclasses lmms-eval's class of the same family and changes three things only:
 
-* the routing keys of ``--model_args`` are taken out (and checked) before the parent sees them;
+* the routing keys of ``--model_args`` are taken out (and checked) before the parent sees them,
+  and ``min_pixels`` / ``max_pixels`` default to the family's, the paper's (`set_pixel_args`);
 * after the parent loaded the model, `reroute.apply` routes it (the unwrapped model, so
   ``accelerate launch`` data parallelism wraps nothing of ours);
 * after each ``generate_until`` / ``loglikelihood`` call, what the prefills decided is logged
@@ -22,7 +23,7 @@ from typing import Any
 from loguru import logger as eval_logger
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
 
-from reroute.eval.lmms.args import RoutingArgs
+from reroute.eval.lmms.args import RoutingArgs, set_pixel_args
 from reroute.eval.lmms.session import RoutingSession
 
 
@@ -30,9 +31,12 @@ class RoutedMixin:
     """Put before an lmms-eval HF model class: routes the model it loads (see the module docstring)."""
 
     routing: RoutingSession | None
+    #: the evaluation family whose protocol's pixel bounds apply (`reroute.backbones.evaluation_protocols`)
+    family: str
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         routing_args = RoutingArgs.pop_from(kwargs)  # checked before the (slow) model load
+        set_pixel_args(kwargs, self.family)
         self._prepare_kwargs(kwargs)
         super().__init__(*args, **kwargs)
         self.routing = None
