@@ -253,7 +253,7 @@ def test_detect_family(demo):
     assert detect_family(tiny_llava(), tiny_llava_processor()) == "llava"
     assert detect_family(tiny_qwen("qwen2_5_vl"), tiny_qwen_processor()) == "qwen2_5_vl"
     with pytest.raises(ValueError, match=r"^Qwen2-VL declares no evaluation protocol \(Qwen2VLBackbone.evaluation\): "
-                       r"pass --family with one of llava, qwen2_5_vl, demo$"):
+                       r"pass --family with one of llava, qwen2_5_vl, qwen3_vl, demo$"):
         detect_family(tiny_qwen("qwen2_vl"), tiny_qwen_processor())
 
 
@@ -320,9 +320,12 @@ def test_qwen_frame_is_given_to_parse_only_when_asked(tmp_path):
         out[frame] = evaluate_task(model, processor, Spy(task), samples, run, tmp_path / frame, progress=False)[0]
     resized = tuple(out["resized"]["frame"])
     assert seen == [None, resized]
+    # the headline reads pixels in the original image (the paper's harness) whatever the frame
     assert out["original"]["prediction"]["box"] == pytest.approx([8 / 64, 4 / 48, 24 / 64, 20 / 48])
+    assert out["resized"]["prediction"]["box"] == pytest.approx([8 / 64, 4 / 48, 24 / 64, 20 / 48])
+    assert out["original"]["prediction"]["careful_box"] == pytest.approx([8 / 64, 4 / 48, 24 / 64, 20 / 48])
     w, h = resized
-    assert out["resized"]["prediction"]["box"] == pytest.approx([8 / w, 4 / h, 24 / w, 20 / h])
+    assert out["resized"]["prediction"]["careful_box"] == pytest.approx([8 / w, 4 / h, 24 / w, 20 / h])
 
 
 def test_crashed_rank_partial_file_is_resumed_by_one_process(demo, demo_data, tmp_path):

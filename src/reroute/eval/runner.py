@@ -76,6 +76,8 @@ class EvalRun:
             "family": self.family,
             "rec_frame": self.rec_frame,
             "config": config_dict(self.config),
+            # the harness, prompts, box format and parser the headline metrics follow (docs/evaluation.md)
+            "protocol": Family(self.family).protocol.describe(),
         }
 
 

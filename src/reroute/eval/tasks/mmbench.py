@@ -1,7 +1,8 @@
 """MMBench English dev (lmms-lab/MMBench, config ``en``, split ``dev``), with circular evaluation.
 
 The prompt is lmms-eval's: the hint (when there is one), the question, "There are several
-options:" and one ``"A. ..."`` line per option, then the post-prompt asking for the letter.
+options:" and one ``"A. ..."`` line per option, then a newline and the post-prompt, which itself
+starts with one (a blank line before the instruction, as lmms-eval's ``f"{query}\n{post_prompt}"``).
 Answers are read without any API (`reroute.eval.metrics.mmbench.extract_choice`).
 """
 
@@ -78,7 +79,7 @@ class MmbenchTask(HubTask):
         check_family(model_family)
         options = "\n".join([OPTIONS_HEADER, *(f"{k}. {v}" for k, v in sorted(sample.meta["options"].items()))])
         parts = [sample.meta["hint"], sample.question, options] if sample.meta["hint"] else [sample.question, options]
-        return " ".join(parts) + POST_PROMPT
+        return " ".join(parts) + "\n" + POST_PROMPT
 
     def max_new_tokens(self) -> int:
         return 1024  # lmms-eval's MMBench setting; greedy answers stop at the end-of-sequence token
