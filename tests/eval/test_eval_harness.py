@@ -35,7 +35,8 @@ QWEN_PROMPT = "Locate the red cup in this image and output the bbox coordinates 
 
 def test_each_family_declares_the_papers_prompt_format_and_parser():
     protocols = evaluation_protocols()
-    assert {name: (p.box_format, p.box_parser) for name, p in protocols.items()} == {
+    builtin = ("llava", "qwen2_5_vl", "qwen3_vl")  # the demo registers its own once imported
+    assert {name: (protocols[name].box_format, protocols[name].box_parser) for name in builtin} == {
         "llava": ("normalized", "bracketed"),
         "qwen2_5_vl": ("pixels", "bracketed"),
         "qwen3_vl": ("per_mille", "bracketed"),
