@@ -61,7 +61,7 @@ def test_run_json_and_summary_state_the_protocol():
     identity = EvalRun("r", None, "m", "qwen3_vl").identity()
     assert identity["protocol"] == {
         "family": "qwen3_vl",
-        "harness": "the paper's lmms-eval 0.7.1 (RefCOCO per-family patch)",
+        "harness": "the paper's harness: lmms-eval 0.7.1 with its RefCOCO per-family patch",
         "grounding_prompt": "Locate {expression} in this image and output the bbox coordinates in JSON format.",
         "short_answer_post_prompt": None,
         "box_format": "per_mille",
@@ -69,8 +69,8 @@ def test_run_json_and_summary_state_the_protocol():
     }
     json.dumps(identity)  # run.json holds it as plain JSON
     assert protocol_lines(identity["protocol"]) == [
-        "- headline metrics: as the paper's lmms-eval 0.7.1 (RefCOCO per-family patch) reads answers; `careful/` "
-        "metrics: reroute's own reading (docs/evaluation.md)",
+        "- headline metrics: the paper's harness: lmms-eval 0.7.1 with its RefCOCO per-family patch; `careful/` "
+        "metrics: reroute's own reading of the answers (docs/evaluation.md)",
         '- REC prompt: "Locate {expression} in this image and output the bbox coordinates in JSON format."; '
         "boxes: per_mille, parser: bracketed",
         "- short-answer post-prompt: the task's (lmms-eval's)",

@@ -75,7 +75,7 @@ class EvalProtocol:
     processor_kwargs: Mapping[str, Any] = field(default_factory=dict)
     box_format: str = "normalized"
     box_parser: str = "bracketed"
-    harness: str = "the paper's lmms-eval 0.7.1 (RefCOCO per-family patch)"
+    harness: str = "the paper's harness: lmms-eval 0.7.1 with its RefCOCO per-family patch"
 
     def __post_init__(self) -> None:
         if self.box_format not in BOX_FORMATS:

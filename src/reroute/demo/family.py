@@ -31,7 +31,7 @@ DEMO = EvalProtocol(
     grounding_prompt=f"{synthetic.GROUNDING_PREFIX} {{expression}}.",
     short_answer_post_prompt="",  # the demo model learned bare one-word questions
     box_format="normalized",  # it answers "[0.12, ...]" in 0..1, as LLaVA-1.5
-    harness="reroute's demo protocol (lmms-eval's readings of REC, POPE, GQA, MME)",
+    harness="the paper's harness readings (lmms-eval 0.7.1) on the demo model's own prompts",
 )
 
 
