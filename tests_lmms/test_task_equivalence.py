@@ -23,7 +23,9 @@ pytest.importorskip("lmms_eval")
 import lmms_eval.tasks as lmms_tasks  # noqa: E402
 from lmms_eval.api.metrics import exact_match_hf_evaluate  # noqa: E402
 from lmms_eval.tasks.gqa import utils as gqa_utils  # noqa: E402
+from lmms_eval.tasks._task_utils.mcq_extract import extract_mcq_answer  # noqa: E402
 from lmms_eval.tasks.mmbench import en_utils as mmbench_utils  # noqa: E402
+from lmms_eval.tasks.mmbench.mmbench_evals import MMBench_Evaluator  # noqa: E402
 from lmms_eval.tasks.mme import utils as mme_utils  # noqa: E402
 from lmms_eval.tasks.pope import utils as pope_utils  # noqa: E402
 from lmms_eval.tasks.refcoco import utils_rec  # noqa: E402
@@ -203,3 +205,40 @@ def test_mmbench_prompt_equals_lmms_eval(tmp_path):
     kwargs = default_kwargs("mmbench/_default_template_mmbench_en_yaml")
     docs = [{**r, "L2-category": r.get("L2-category", r.get("l2-category"))} for r in rows]
     assert [task.prompt(s, "llava") for s in samples] == [mmbench_utils.mmbench_doc_to_text(d, kwargs) for d in docs]
+
+
+MMBENCH_ANSWERS = [  # targets per group: A, C, B
+    "A", "The answer is C because the thing is red.", "(B)",  # right: letters, prose naming one letter
+    "It is red 1.", "C. red 1", "none of them",  # wrong: nothing to read in the last
+    "A", "I think the colour is red 2.", "Option B:",  # right: one option's text in prose
+    "A cat is on the left, so A", "C.", "D",  # wrong: D ("A" among many words is not a lone letter)
+    "red 4", "C. red", "The correct option is (B).",  # right
+    "  b  ", "green 5 or blue 5", "B)",  # wrong: a lower-case letter is no letter
+]
+
+
+def test_mmbench_scores_equal_lmms_eval_static(tmp_path):
+    """lmms-eval's API-free scoring (``mmbench_en_dev_static``: its rule matcher, then its ranked letter
+    extraction), per row and per circular group."""
+    rows = write_mmbench(tmp_path, n_questions=6)
+    task = get_task("mmbench_en_dev")
+    samples = task.load(tmp_path)
+    assert len(samples) == len(MMBENCH_ANSWERS)
+    docs = [{**r, "L2-category": r.get("L2-category", r.get("l2-category"))} for r in rows]
+    results = [mmbench_utils.mmbench_process_results(d, [a])["gpt_eval_score"] for d, a in zip(docs, MMBENCH_ANSWERS)]
+    evaluator = MMBench_Evaluator()
+
+    def lmms_reading(item: dict) -> str:
+        choices = evaluator.build_choices(item)
+        return evaluator.can_infer(item["prediction"], dict(choices)) or extract_mcq_answer(
+            item["prediction"], choices=sorted(choices)
+        )
+
+    records = our_records(task, samples, MMBENCH_ANSWERS)
+    assert [r["prediction"]["choice"] or "" for r in records] == [lmms_reading(item) for item in results]
+    overall, by_category, _ = evaluator.eval_result(results, eval_method="static")
+    metrics = task.score(records)
+    assert metrics["circular_accuracy"].value == overall
+    for category, value in by_category.items():
+        assert metrics[f"{category}/circular_accuracy"].value == value, category
+    assert overall == 0.5 and by_category == {"color": 1.0, "shape": 0.0}  # groups 0, 2, 4 right

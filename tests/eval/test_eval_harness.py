@@ -200,3 +200,30 @@ def test_gqa_lmms_strips_before_dropping_punctuation():
     assert not lmms_exact_match("yes .", "yes")  # the space left by the dropped period stays
     assert exact_match("yes .", "yes")  # the careful reading strips after
     assert not lmms_exact_match("a red car", "red car")
+
+
+# ----------------------------------------------------------------------------- MMBench
+
+MMB_OPTIONS = {"A": "red 0", "B": "green 0", "C": "blue 0", "D": "nan"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "choice"),
+    [
+        ("B", "B"),
+        ("(C)", "C"),
+        ("The answer is C because it is blue.", "C"),  # one lone capital letter among the words
+        ("A cat is on the left, so A", "A"),  # "A" among many words: read at the end of the answer
+        ("I think it is green 0.", "B"),  # one option's text inside the prose
+        ("green 0 or blue 0", None),  # two options' texts and no letter
+        ("It is a banana", "D"),  # the "nan" text of a missing option is inside "banana", as in lmms-eval
+        ("  b  ", None),  # a lower-case letter is no letter
+        ("E.", "E"),  # the letter matcher allows E although the question has no option E
+    ],
+)
+def test_mmbench_lmms_reading_hand_computed(answer, choice):
+    from reroute.eval.metrics.mmbench import extract_choice, lmms_choice
+
+    assert lmms_choice(answer, MMB_OPTIONS) == choice
+    if answer == "It is a banana":
+        assert extract_choice(answer, MMB_OPTIONS) is None  # the careful reading drops "nan" options
