@@ -129,8 +129,7 @@ def test_pope_equals_lmms_eval(tmp_path):
     task = get_task("pope")
     samples = task.load(tmp_path)
     assert len(samples) == len(rows) == len(POPE_ANSWERS)
-    kwargs = default_kwargs("pope/pope.yaml") if "lmms_eval_specific_kwargs" in lmms_config("pope/pope.yaml") else {
-        "pre_prompt": "", "post_prompt": "\nAnswer the question using a single word or phrase."}
+    kwargs = default_kwargs("pope/pope.yaml")
     assert [task.prompt(s, "llava") for s in samples] == [pope_utils.pope_doc_to_text(r, kwargs) for r in rows]
 
     lmms = [pope_utils.pope_process_results(r, [a])["pope_accuracy"] for r, a in zip(rows, POPE_ANSWERS)]
