@@ -16,21 +16,29 @@ from pathlib import Path
 import datasets
 import pytest
 import yaml
-from tests.helpers.eval_fixtures import fixture_image, write_gqa, write_mmbench, write_mme, write_pope, write_refcoco_rows
+
+from tests.helpers.eval_fixtures import (
+    fixture_image,
+    write_gqa,
+    write_mmbench,
+    write_mme,
+    write_pope,
+    write_refcoco_rows,
+)
 
 pytest.importorskip("lmms_eval")
 
-import lmms_eval.tasks as lmms_tasks  # noqa: E402
-from lmms_eval.api.metrics import exact_match_hf_evaluate  # noqa: E402
-from lmms_eval.tasks.gqa import utils as gqa_utils  # noqa: E402
-from lmms_eval.tasks._task_utils.mcq_extract import extract_mcq_answer  # noqa: E402
-from lmms_eval.tasks.mmbench import en_utils as mmbench_utils  # noqa: E402
-from lmms_eval.tasks.mmbench.mmbench_evals import MMBench_Evaluator  # noqa: E402
-from lmms_eval.tasks.mme import utils as mme_utils  # noqa: E402
-from lmms_eval.tasks.pope import utils as pope_utils  # noqa: E402
-from lmms_eval.tasks.refcoco import utils_rec  # noqa: E402
+import lmms_eval.tasks as lmms_tasks
+from lmms_eval.api.metrics import exact_match_hf_evaluate
+from lmms_eval.tasks._task_utils.mcq_extract import extract_mcq_answer
+from lmms_eval.tasks.gqa import utils as gqa_utils
+from lmms_eval.tasks.mmbench import en_utils as mmbench_utils
+from lmms_eval.tasks.mmbench.mmbench_evals import MMBench_Evaluator
+from lmms_eval.tasks.mme import utils as mme_utils
+from lmms_eval.tasks.pope import utils as pope_utils
+from lmms_eval.tasks.refcoco import utils_rec
 
-from reroute.eval.tasks import get_task  # noqa: E402
+from reroute.eval.tasks import get_task
 
 TASKS_DIR = Path(lmms_tasks.__file__).parent
 

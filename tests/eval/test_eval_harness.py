@@ -10,7 +10,6 @@ import json
 
 import pytest
 from PIL import Image
-from tests.helpers.eval_fixtures import write_refcoco_rows
 
 from reroute.backbones import evaluation_protocols
 from reroute.backbones.evaluation import EvalProtocol, llava_conversation
@@ -26,6 +25,7 @@ from reroute.eval.metrics.rec import (
 from reroute.eval.runner import EvalRun
 from reroute.eval.summary import protocol_lines
 from reroute.eval.tasks import get_task
+from tests.helpers.eval_fixtures import write_refcoco_rows
 
 QWEN_PROMPT = "Locate the red cup in this image and output the bbox coordinates in JSON format."
 
@@ -69,10 +69,14 @@ def test_run_json_and_summary_state_the_protocol():
     }
     json.dumps(identity)  # run.json holds it as plain JSON
     assert protocol_lines(identity["protocol"]) == [
-        "- headline metrics: the paper's harness: lmms-eval 0.7.1 with its RefCOCO per-family patch; `careful/` "
-        "metrics: reroute's own reading of the answers (docs/evaluation.md)",
-        '- REC prompt: "Locate {expression} in this image and output the bbox coordinates in JSON format."; '
-        "boxes: per_mille, parser: bracketed",
+        (
+            "- headline metrics: the paper's harness: lmms-eval 0.7.1 with its RefCOCO per-family patch; `careful/` "
+            "metrics: reroute's own reading of the answers (docs/evaluation.md)"
+        ),
+        (
+            '- REC prompt: "Locate {expression} in this image and output the bbox coordinates in JSON format."; '
+            "boxes: per_mille, parser: bracketed"
+        ),
         "- short-answer post-prompt: the task's (lmms-eval's)",
     ]
 

@@ -99,10 +99,14 @@ def protocol_lines(protocol: dict[str, Any] | None) -> list[str]:
         return []
     post = protocol["short_answer_post_prompt"]
     return [
-        f"- headline metrics: {protocol['harness']}; `careful/` metrics: reroute's own reading of the answers "
-        "(docs/evaluation.md)",
-        f"- REC prompt: {json.dumps(protocol['grounding_prompt'])}; boxes: {protocol['box_format']}, "
-        f"parser: {protocol['box_parser']}",
+        (
+            f"- headline metrics: {protocol['harness']}; `careful/` metrics: reroute's own reading of the answers "
+            "(docs/evaluation.md)"
+        ),
+        (
+            f"- REC prompt: {json.dumps(protocol['grounding_prompt'])}; boxes: {protocol['box_format']}, "
+            f"parser: {protocol['box_parser']}"
+        ),
         "- short-answer post-prompt: " + ("the task's (lmms-eval's)" if post is None else json.dumps(post)),
     ]
 

@@ -14,6 +14,7 @@ answer it cannot read is wrong.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 
@@ -55,7 +56,7 @@ def lmms_options(row: Mapping[str, object]) -> dict[str, str]:
     options = {}
     for letter in "ABCD":
         value = row.get(letter)
-        if value is None or (isinstance(value, float) and value != value):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
         options[letter] = str(value)
     return options

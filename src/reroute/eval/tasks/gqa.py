@@ -9,7 +9,15 @@ from typing import Any
 
 from reroute.eval.metrics.gqa import gqa_metrics, normalize_answer
 from reroute.eval.task import EvalSample, Metric
-from reroute.eval.tasks.common import CAREFUL, SHORT_ANSWER_POST_PROMPT, RowImages, check_family, check_limit, check_unique, family_protocol
+from reroute.eval.tasks.common import (
+    CAREFUL,
+    SHORT_ANSWER_POST_PROMPT,
+    RowImages,
+    check_family,
+    check_limit,
+    check_unique,
+    family_protocol,
+)
 from reroute.eval.tasks.files import DatasetFormatError, HubDataset, HubTask
 
 GQA = HubDataset(("GQA",))

@@ -16,9 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reroute.eval.metrics.mmbench import LETTERS, circular_group, extract_choice, lmms_choice, lmms_options, mmbench_metrics
+from reroute.eval.metrics.mmbench import (
+    LETTERS,
+    circular_group,
+    extract_choice,
+    lmms_choice,
+    lmms_options,
+    mmbench_metrics,
+)
 from reroute.eval.task import EvalSample, Metric
-from reroute.eval.tasks.common import CAREFUL, RowImages, check_family, check_limit, check_unique
+from reroute.eval.tasks.common import (
+    CAREFUL,
+    RowImages,
+    check_family,
+    check_limit,
+    check_unique,
+)
 from reroute.eval.tasks.files import HubDataset, HubTask
 
 MMBENCH = HubDataset(("MMBench",))

@@ -30,7 +30,13 @@ from reroute.eval.metrics.rec import (
     xywh_to_xyxy_normalized,
 )
 from reroute.eval.task import EvalSample, Metric
-from reroute.eval.tasks.common import CAREFUL, RowImages, check_limit, check_unique, family_protocol
+from reroute.eval.tasks.common import (
+    CAREFUL,
+    RowImages,
+    check_limit,
+    check_unique,
+    family_protocol,
+)
 from reroute.eval.tasks.files import HubDataset, HubTask
 
 REFCOCO = HubDataset(("RefCOCO",))
