@@ -75,6 +75,8 @@ def test_demo_model_scores_like_reroute_demo(demo, demo_data, tmp_path, routed):
     assert ours == [p["correct"] for p in predictions]
     accuracy = sum(p["correct"] for p in predictions) / N_DEMO
     assert summary["tasks"]["refcoco_val"]["metrics"]["acc@0.5"]["value"] == pytest.approx(accuracy, abs=1e-12)
+    # its boxes are 0..1 already: the careful reading (clipping, heuristic) scores the same
+    assert summary["tasks"]["refcoco_val"]["metrics"]["careful/acc@0.5"]["value"] == pytest.approx(accuracy, abs=1e-12)
     assert accuracy > 0.5  # the model grounds: a broken prompt or box conversion would score near 0
 
 
@@ -258,7 +260,7 @@ def test_detect_family(demo):
     assert detect_family(tiny_llava(), tiny_llava_processor()) == "llava"
     assert detect_family(tiny_qwen("qwen2_5_vl"), tiny_qwen_processor()) == "qwen2_5_vl"
     with pytest.raises(ValueError, match=r"^Qwen2-VL declares no evaluation protocol \(Qwen2VLBackbone.evaluation\): "
-                       r"pass --family with one of llava, qwen2_5_vl, demo$"):
+                       r"pass --family with one of llava, qwen2_5_vl, qwen3_vl, demo$"):
         detect_family(tiny_qwen("qwen2_vl"), tiny_qwen_processor())
 
 
@@ -326,9 +328,12 @@ def test_qwen_frame_is_given_to_parse_only_when_asked(tmp_path):
         out[frame] = evaluate_task(model, processor, Spy(task), samples, run, tmp_path / frame, progress=False)[0]
     resized = tuple(out["resized"]["frame"])
     assert seen == [None, resized]
+    # the headline reads pixels in the original image (the paper's harness) whatever the frame
     assert out["original"]["prediction"]["box"] == pytest.approx([8 / 64, 4 / 48, 24 / 64, 20 / 48])
+    assert out["resized"]["prediction"]["box"] == pytest.approx([8 / 64, 4 / 48, 24 / 64, 20 / 48])
+    assert out["original"]["prediction"]["careful_box"] == pytest.approx([8 / 64, 4 / 48, 24 / 64, 20 / 48])
     w, h = resized
-    assert out["resized"]["prediction"]["box"] == pytest.approx([8 / w, 4 / h, 24 / w, 20 / h])
+    assert out["resized"]["prediction"]["careful_box"] == pytest.approx([8 / w, 4 / h, 24 / w, 20 / h])
 
 
 def test_crashed_rank_partial_file_is_resumed_by_one_process(demo, demo_data, tmp_path):

@@ -77,7 +77,7 @@ def test_unknown_model_family_and_bad_limit_are_refused(tmp_path):
     write_pope(tmp_path)
     task = get_task("pope")
     sample = task.load(tmp_path, limit=1)[0]
-    with pytest.raises(ValueError, match=r"^unknown model family 'qwen2_vl'; expected one of llava, qwen2_5_vl, demo$"):
+    with pytest.raises(ValueError, match=r"^unknown model family 'qwen2_vl'; expected one of llava, qwen2_5_vl, qwen3_vl, demo$"):
         task.prompt(sample, "qwen2_vl")
     with pytest.raises(ValueError, match=r"^limit must be a positive integer or None, got 0$"):
         task.load(tmp_path, limit=0)
@@ -138,11 +138,15 @@ def test_rec_parse_normalised_pixel_and_json_answers(tmp_path):
     task = get_task("refcoco_val")
     (sample,) = task.load(tmp_path)
     assert task.parse(sample, "[0.25, 0.25, 0.75, 0.75]", "llava")["box"] == [0.25, 0.25, 0.75, 0.75]
-    # pixels: the original size by default (the paper's convention), the model's frame when given
+    # pixels: the headline divides by the original size (the paper's harness); the careful reading by the
+    # model's frame when given
     json_answer = '```json\n[\n\t{"bbox_2d": [50, 25, 150, 75], "label": "the box"}\n]\n```'
     assert task.parse(sample, json_answer, "qwen2_5_vl")["box"] == [0.25, 0.25, 0.75, 0.75]
-    assert task.parse(sample, json_answer, "qwen2_5_vl", frame=(100, 50))["box"] == [0.5, 0.5, 1.5, 1.5]
-    assert task.parse(sample, "no box here", "llava") == {"box": None, "raw_box": None, "pixels": False}
+    assert task.parse(sample, json_answer, "qwen2_5_vl", frame=(100, 50))["box"] == [0.25, 0.25, 0.75, 0.75]
+    assert task.parse(sample, json_answer, "qwen2_5_vl", frame=(100, 50))["careful_box"] == [0.5, 0.5, 1.5, 1.5]
+    assert task.parse(sample, "no box here", "llava") == {
+        "box": None, "raw_box": None, "careful_box": None, "careful_pixels": False
+    }
 
 
 def test_rec_score_on_records(tmp_path):
@@ -279,10 +283,16 @@ def test_pope_score_per_category(tmp_path):
     samples = task.load(tmp_path)
     answers = ["Yes.", "No", "Yes", "yes", "no", "No."]  # popular gets one wrong, random gets "yes" wrong
     metrics = task.score(records(task, samples, answers))
-    assert metrics["accuracy"].value == pytest.approx(4 / 6)
-    assert metrics["adversarial/accuracy"].value == 1.0
-    assert metrics["popular/accuracy"].value == 0.5 and metrics["popular/precision"].value == 0.5
-    assert metrics["random/accuracy"].value == 0.5 and metrics["random/recall"].value == 0.0
+    # the careful reading (first word): "Yes." and "No." are read
+    assert metrics["careful/accuracy"].value == pytest.approx(4 / 6)
+    assert metrics["careful/adversarial/accuracy"].value == 1.0
+    assert metrics["careful/popular/accuracy"].value == 0.5 and metrics["careful/popular/precision"].value == 0.5
+    assert metrics["careful/random/accuracy"].value == 0.5 and metrics["careful/random/recall"].value == 0.0
+    # the headline (lmms-eval): "Yes." and "No." are neither; the "Yes." to a "yes" question is outside recall
+    assert metrics["accuracy"].value == pytest.approx(2 / 6)
+    assert metrics["adversarial/accuracy"].value == 0.5
+    assert metrics["adversarial/recall"].n == 0  # no "yes" or "no" answer to its "yes" question (lmms-eval: 0)
+    assert metrics["precision"].value == 0.5 and metrics["recall"].value == 0.5 and metrics["f1"].value == 0.5
 
 
 # ----------------------------------------------------------------------------- GQA
@@ -336,11 +346,11 @@ def test_mmbench_prompt_groups_and_circular_score(tmp_path):
     assert samples[0].meta["options"] == {"A": "red 0", "B": "green 0", "C": "blue 0"}  # "nan" D dropped
     assert task.prompt(samples[0], "llava") == (
         "Look at the top left. Which colour is thing 0? There are several options:\nA. red 0\nB. green 0\nC. blue 0"
-        "\nAnswer with the option's letter from the given choices directly."
+        "\n\nAnswer with the option's letter from the given choices directly."
     )
     assert task.prompt(samples[3], "qwen2_5_vl") == (
         "Which colour is thing 1? There are several options:\nA. red 1\nB. green 1\nC. blue 1"
-        "\nAnswer with the option's letter from the given choices directly."
+        "\n\nAnswer with the option's letter from the given choices directly."
     )
     # group 0: all copies right (letter, option text, "(X)"); group 1: one copy wrong
     answers = [samples[0].target, "red 0", f"({samples[2].target})", samples[3].target, samples[4].target, "green 1"]

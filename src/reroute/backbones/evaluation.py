@@ -9,8 +9,11 @@ paper's harness: prompt, min/max pixels, coordinate format, answer parser) is fi
 adapter and nowhere else: a new per-family setting is a field here with today's behaviour as
 its default, set where a family differs.
 
-Protocols are named (``--family``): ``llava`` (LLaVA-1.5), ``qwen2_5_vl`` (Qwen2.5-VL) and, once
-`reroute.demo` is imported, ``demo`` (the bundled demo model).
+Protocols are named (``--family``): ``llava`` (LLaVA-1.5), ``qwen2_5_vl`` (Qwen2.5-VL), ``qwen3_vl``
+(Qwen3-VL) and, once `reroute.demo` is imported, ``demo`` (the bundled demo model).
+
+REC answers are read the way the paper's harness reads them (docs/semantics.md §9): the
+protocol's ``box_parser`` finds the box and its ``box_format`` says what its numbers are.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ import torch
 Conversation = Callable[[Any, str, int], str]
 #: (processor, inputs, images_per_sample) -> per sample, (width, height) of its first image as the model saw it
 FrameRule = Callable[[Any, Mapping[str, torch.Tensor], Sequence[int]], "list[tuple[int, int] | None]"]
+
+#: what the numbers of a REC answer box are (the paper's harness, docs/semantics.md §9):
+#: "normalized" already 0..1 (LLaVA), "pixels" of the original image (Qwen2.5-VL), "per_mille" 0..1000 (Qwen3-VL)
+BOX_FORMATS: tuple[str, ...] = ("normalized", "pixels", "per_mille")
+#: how a REC answer box is found: "bracketed" is the paper's patched lmms-eval (the first "[a, b, c, d]",
+#: else the first "(a, b, c, d)"); "square" is stock lmms-eval (square brackets only)
+BOX_PARSERS: tuple[str, ...] = ("bracketed", "square")
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,9 @@ class EvalProtocol:
         seen in (REC answers in pixels are read in it with ``--rec-frame resized``); None: the
         original frame.
     processor_kwargs: extra arguments of the processor call (e.g. min/max pixels).
+    box_format: what the numbers of a REC answer box are (`BOX_FORMATS`).
+    box_parser: how the box is found in a REC answer (`BOX_PARSERS`).
+    harness: the evaluation harness whose prompts and readings the headline metrics reproduce.
     """
 
     name: str
@@ -60,6 +73,26 @@ class EvalProtocol:
     short_answer_post_prompt: str | None = None
     resized_frames: FrameRule | None = None
     processor_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    box_format: str = "normalized"
+    box_parser: str = "bracketed"
+    harness: str = "the paper's harness: lmms-eval 0.7.1 with its RefCOCO per-family patch"
+
+    def __post_init__(self) -> None:
+        if self.box_format not in BOX_FORMATS:
+            raise ValueError(f"box_format must be one of {', '.join(BOX_FORMATS)}, got {self.box_format!r}")
+        if self.box_parser not in BOX_PARSERS:
+            raise ValueError(f"box_parser must be one of {', '.join(BOX_PARSERS)}, got {self.box_parser!r}")
+
+    def describe(self) -> dict[str, Any]:
+        """The protocol as plain JSON data (run.json, summary.md): harness, prompts, box format and parser."""
+        return {
+            "family": self.name,
+            "harness": self.harness,
+            "grounding_prompt": self.grounding_prompt,
+            "short_answer_post_prompt": self.short_answer_post_prompt,
+            "box_format": self.box_format,
+            "box_parser": self.box_parser,
+        }
 
     def prompt(self, processor: Any, user_text: str, num_images: int) -> str:
         """The full prompt text for one user turn with ``num_images`` images before ``user_text``."""

@@ -10,14 +10,21 @@ from reroute.backbones.grids import llava_prompt_grids, processed_pixels
 from reroute.backbones.released import llava_config
 from reroute.runtime.compat import apply_rotary_pos_emb
 
-#: LLaVA-1.5's RefCOCO prompt (lmms-eval's ``refcoco_bbox_rec``); the expression follows it
+#: LLaVA-1.5's RefCOCO prompt (lmms-eval's ``refcoco_bbox_rec``, the paper's "full" prompt); the expression follows it
 LLAVA_GROUNDING_PROMPT = (
     "Bounding box coordinates are specified in the format (top-left x, top-left y, bottom-right x, "
     "bottom-right y). All values are floating point numbers bounded between 0 and 1. Please provide "
     "the bounding box coordinate of the region this sentence describes: {expression}"
 )
 
-LLAVA = EvalProtocol(name="llava", conversation=llava_conversation, grounding_prompt=LLAVA_GROUNDING_PROMPT)
+#: the paper's LLaVA protocol (run_eval.py MODEL_PRESETS): boxes already 0..1, a value above 1 kept as it is
+LLAVA = EvalProtocol(
+    name="llava",
+    conversation=llava_conversation,
+    grounding_prompt=LLAVA_GROUNDING_PROMPT,
+    box_format="normalized",
+    box_parser="bracketed",
+)
 
 
 def llava_visual_tokens(config: Any) -> int:

@@ -10,7 +10,8 @@ from reroute.backbones.evaluation import EvalProtocol, chat_template_conversatio
 from reroute.backbones.grids import processed_pixels, qwen_prompt_grids
 from reroute.backbones.qwen2_vl import QwenVLLayout
 
-#: Qwen2.5-VL's grounding prompt (it answers JSON with pixel boxes in the frame it saw)
+#: the paper's Qwen grounding prompt (Nüwa's; the paper's run_eval.py MODEL_PRESETS): Qwen2.5-VL
+#: answers JSON with pixel boxes, which the paper divides by the original image's width and height
 QWEN_GROUNDING_PROMPT = "Locate {expression} in this image and output the bbox coordinates in JSON format."
 
 QWEN2_5_VL = EvalProtocol(
@@ -18,6 +19,7 @@ QWEN2_5_VL = EvalProtocol(
     conversation=chat_template_conversation("Qwen2.5-VL"),
     grounding_prompt=QWEN_GROUNDING_PROMPT,
     resized_frames=grid_thw_frames,
+    box_format="pixels",
     # The paper's resolution (its "iso-576-token convention"): lmms-eval's min_pixels = 256 x 28 x 28
     # and max_pixels = 576 x 28 x 28, so an image gives 256 to 576 visual tokens; the checkpoint's
     # own processor allows 4 to 16,384 (docs/evaluation.md, "Resolution").

@@ -7,8 +7,9 @@ each of its first layers (``deepstack_visual_embeds[i]`` after layer ``i``, at
 loop adds them (docs/semantics.md, "Qwen3-VL DeepStack").
 
 Declared: token grids (Qwen2.5-VL's maths: the processor resizes the whole image, 2 x 2 merge), the
-answer-box frame (0-1000, Qwen3-VL's relative coordinates), the released shape. Not declared: an
-evaluation protocol, a Nüwa tower (Nüwa's stage 1 is defined on Qwen2.5-VL's windowed tower).
+answer-box frame (0-1000, Qwen3-VL's relative coordinates), the evaluation protocol (the paper's: its
+Qwen grounding prompt, boxes on 0-1000), the released shape. Not declared: a Nüwa tower (Nüwa's stage 1
+is defined on Qwen2.5-VL's windowed tower).
 """
 
 from __future__ import annotations
@@ -18,10 +19,21 @@ from typing import Any
 import torch
 
 from reroute.backbones.base import ReleasedShape, register_backbone
+from reroute.backbones.evaluation import EvalProtocol, chat_template_conversation, grid_thw_frames
 from reroute.backbones.grids import per_mille, qwen_prompt_grids
+from reroute.backbones.qwen2_5_vl import QWEN_GROUNDING_PROMPT
 from reroute.backbones.qwen2_vl import QwenVLLayout
 from reroute.runtime.adapter import LayerInjections
 from reroute.runtime.compat import apply_rotary_pos_emb
+
+#: the paper's Qwen3-VL protocol (run_eval.py MODEL_PRESETS): the Qwen grounding prompt, boxes on 0-1000
+QWEN3_VL = EvalProtocol(
+    name="qwen3_vl",
+    conversation=chat_template_conversation("Qwen3-VL"),
+    grounding_prompt=QWEN_GROUNDING_PROMPT,
+    resized_frames=grid_thw_frames,
+    box_format="per_mille",
+)
 
 
 def qwen3_vl_8b() -> Any:
@@ -51,6 +63,7 @@ class Qwen3VLBackbone(QwenVLLayout):
     model_types = ("qwen3_vl", "qwen3_vl_text")
     grids = staticmethod(qwen_prompt_grids)
     answer_frame = staticmethod(per_mille)
+    evaluation = QWEN3_VL
     # a 448 x 448 image: 28 x 28 patches of 16 px, merged 2 x 2
     released = (ReleasedShape("qwen3-vl-8b", qwen3_vl_8b, 196),)
     # The interleaved M-RoPE is composed inside the model's rotary module: cos/sin come out

@@ -30,6 +30,8 @@ DEMO = EvalProtocol(
     conversation=demo_conversation,
     grounding_prompt=f"{synthetic.GROUNDING_PREFIX} {{expression}}.",
     short_answer_post_prompt="",  # the demo model learned bare one-word questions
+    box_format="normalized",  # it answers "[0.12, ...]" in 0..1, as LLaVA-1.5
+    harness="the paper's harness readings (lmms-eval 0.7.1) on the demo model's own prompts",
 )
 
 

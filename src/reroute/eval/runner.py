@@ -91,6 +91,8 @@ class EvalRun:
             "family": self.family,
             "rec_frame": self.rec_frame,
             "config": config_dict(self.config),
+            # the harness, prompts, box format and parser the headline metrics follow (docs/evaluation.md)
+            "protocol": Family(self.family).protocol.describe(),
         }
         bounds = pixel_bounds(self.protocol())
         if bounds is not None:

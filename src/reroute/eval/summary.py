@@ -93,6 +93,24 @@ def _fmt(metric: dict[str, Any]) -> str:
     return f"{metric['value']:.4f} [{metric['low']:.4f}, {metric['high']:.4f}]"
 
 
+def protocol_lines(protocol: dict[str, Any] | None) -> list[str]:
+    """summary.md's statement of the evaluation protocol: the headline's harness, prompts, box format and parser."""
+    if protocol is None:
+        return []
+    post = protocol["short_answer_post_prompt"]
+    return [
+        (
+            f"- headline metrics: {protocol['harness']}; `careful/` metrics: reroute's own reading of the answers "
+            "(docs/evaluation.md)"
+        ),
+        (
+            f"- REC prompt: {json.dumps(protocol['grounding_prompt'])}; boxes: {protocol['box_format']}, "
+            f"parser: {protocol['box_parser']}"
+        ),
+        "- short-answer post-prompt: " + ("the task's (lmms-eval's)" if post is None else json.dumps(post)),
+    ]
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """summary.md: the run's identity, one headline row per task, then every metric."""
     config = summary["config"]
@@ -101,7 +119,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         "",
         f"- model: `{summary['model']}` (family {summary['family']}, {summary['num_layers']} decoder layers)",
         f"- routing: {'vanilla' if config is None else '`' + json.dumps(config) + '`'}",
-        f"- REC frame: {summary['rec_frame']}",
+        f"- REC frame: {summary['rec_frame']} (careful/ REC metrics only; the headline divides pixels by the original image)",
+        *protocol_lines(summary.get("protocol")),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()),
         "",
         "| task | n | headline | value [95% CI] | avg_T | FLOPs rel | KV rel |",

@@ -1,8 +1,10 @@
 """GQA (testdev-balanced): exact match after lower-casing and removing punctuation.
 
-As lmms-eval's ``exact_match`` with ``ignore_case`` and ``ignore_punctuation``: every ASCII
-punctuation character is deleted (not replaced by a space), then surrounding whitespace is
-stripped, and the strings must be equal.
+The headline is lmms-eval's (`lmms_exact_match`): the answer is stripped, then lower-cased and
+every ASCII punctuation character deleted (not replaced by a space); the target is lower-cased
+with punctuation deleted (the files' answers have no surrounding spaces). So "yes ." does not
+match "yes". The careful reading (`exact_match`, reroute's) strips both after deleting
+punctuation.
 """
 
 from __future__ import annotations
@@ -21,13 +23,24 @@ def normalize_answer(text: str) -> str:
     return (text or "").lower().translate(_NO_PUNCTUATION).strip()
 
 
+def lmms_normalize(text: str) -> str:
+    """``text`` lower-cased with ASCII punctuation deleted (lmms-eval's ``ignore_case``, ``ignore_punctuation``)."""
+    return (text or "").lower().translate(_NO_PUNCTUATION)
+
+
+def lmms_exact_match(prediction: str, target: str) -> bool:
+    """lmms-eval's GQA score: the stripped prediction equals the target after `lmms_normalize` of both."""
+    return lmms_normalize((prediction or "").strip()) == lmms_normalize(target)
+
+
 def exact_match(prediction: str, target: str) -> bool:
     """Whether the two answers are equal after `normalize_answer`."""
     return normalize_answer(prediction) == normalize_answer(target)
 
 
-def gqa_metrics(predictions: Sequence[str], targets: Sequence[str]) -> dict[str, Metric]:
-    """``accuracy``: the exact-match rate."""
+def gqa_metrics(predictions: Sequence[str], targets: Sequence[str], lmms: bool = False) -> dict[str, Metric]:
+    """``accuracy``: the exact-match rate (`lmms_exact_match` when ``lmms``, else `exact_match`)."""
     if len(predictions) != len(targets):
         raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets")
-    return {"accuracy": proportion([exact_match(p, t) for p, t in zip(predictions, targets)])}
+    match = lmms_exact_match if lmms else exact_match
+    return {"accuracy": proportion([match(p, t) for p, t in zip(predictions, targets)])}

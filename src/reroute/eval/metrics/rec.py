@@ -1,7 +1,16 @@
 """Referring-expression comprehension (RefCOCO, RefCOCO+, RefCOCOg): box parsing, IoU, accuracies.
 
-Boxes are ``[x1, y1, x2, y2]``, normalised to the image (0..1). Conventions (see
-docs/semantics.md, "Evaluation metrics"):
+Boxes are ``[x1, y1, x2, y2]``, normalised to the image (0..1). Two readings of an answer
+(docs/semantics.md §9):
+
+The headline: the paper's harness (its patched lmms-eval 0.7.1), per family. `harness_parse` finds
+the first ``[a, b, c, d]`` (lmms-eval's pattern: integers or decimals, spaces only after the
+commas), else the first ``(a, b, c, d)``; an unparsed answer is the box ``[0, 0, 0, 0]``.
+`harness_normalize` converts it by the family's box format only when some value is above 1
+("pixels": divided by the original image's width and height; "per_mille": by 1000;
+"normalized": kept as it is). `harness_iou` and `harness_center` are lmms-eval's: no clipping.
+
+The careful reading (`careful/...` metrics, `rec_metrics`), reroute's own:
 
 - parsing: the first ``[a, b, c, d]`` of four numbers in the answer, else the first
   ``(a, b, c, d)``; nothing found means the answer is unparsed and scores as the box
@@ -33,6 +42,79 @@ _NUMBER = r"(-?\d+(?:\.\d+)?|-?\.\d+)"
 _SEP = r"\s*,\s*"
 _SQUARE = re.compile(r"\[\s*" + _SEP.join([_NUMBER] * 4) + r"\s*\]")
 _ROUND = re.compile(r"\(\s*" + _SEP.join([_NUMBER] * 4) + r"\s*\)")
+
+
+# ----------------------------------------------------------------------------- the paper's harness
+
+_HARNESS_NUMBER = r"(-?\d+(?:\.\d+)?)"
+_HARNESS_SQUARE = re.compile(r"\[\s*" + r",\s*".join([_HARNESS_NUMBER] * 4) + r"\s*\]")
+_HARNESS_ROUND = re.compile(r"\(\s*" + r",\s*".join([_HARNESS_NUMBER] * 4) + r"\s*\)")
+#: the box patterns each parser tries, in order (`reroute.backbones.evaluation.BOX_PARSERS`)
+_HARNESS_PATTERNS = {"bracketed": (_HARNESS_SQUARE, _HARNESS_ROUND), "square": (_HARNESS_SQUARE,)}
+
+
+def harness_parse(answer: str, parser: str = "bracketed") -> Box | None:
+    """The box the harness's ``parser`` finds in ``answer`` ("bracketed": square, else round brackets;
+    "square": square only), or None."""
+    if parser not in _HARNESS_PATTERNS:
+        raise ValueError(f"unknown box parser {parser!r}; expected one of {', '.join(_HARNESS_PATTERNS)}")
+    for pattern in _HARNESS_PATTERNS[parser]:
+        match = pattern.search(answer or "")
+        if match:
+            return tuple(float(v) for v in match.groups())  # type: ignore[return-value]
+    return None
+
+
+def harness_normalize(box: Sequence[float], box_format: str, image_size: tuple[int, int]) -> Box:
+    """``box`` in 0..1 units as the paper's harness converts it: only when some value is above 1,
+    "pixels" divides by ``image_size = (width, height)`` of the original image, "per_mille" by 1000;
+    "normalized" (and every box with all values at most 1) is kept as it is."""
+    values = tuple(float(v) for v in box)
+    if not any(v > 1 for v in values):
+        return values  # type: ignore[return-value]
+    if box_format == "pixels":
+        w, h = image_size
+        if w > 0 and h > 0:
+            return (values[0] / w, values[1] / h, values[2] / w, values[3] / h)
+        return values  # type: ignore[return-value]
+    if box_format == "per_mille":
+        return tuple(v / 1000 for v in values)  # type: ignore[return-value]
+    if box_format == "normalized":
+        return values  # type: ignore[return-value]
+    raise ValueError(f"unknown box format {box_format!r}; expected normalized, pixels or per_mille")
+
+
+def harness_iou(pred: Sequence[float], gt: Sequence[float]) -> float:
+    """lmms-eval's IoU: no clipping, signed areas; 0 where its union is 0 (where lmms-eval divides by zero)."""
+    inter = max(0.0, min(pred[2], gt[2]) - max(pred[0], gt[0])) * max(0.0, min(pred[3], gt[3]) - max(pred[1], gt[1]))
+    union = (pred[2] - pred[0]) * (pred[3] - pred[1]) + (gt[2] - gt[0]) * (gt[3] - gt[1]) - inter
+    return inter / union if union != 0 else 0.0
+
+
+def harness_center(pred: Sequence[float], gt: Sequence[float]) -> bool:
+    """lmms-eval's centre accuracy: the centre of the unclipped ``pred`` lies in ``gt`` (borders included)."""
+    cx, cy = (pred[0] + pred[2]) / 2, (pred[1] + pred[3]) / 2
+    return gt[0] <= cx <= gt[2] and gt[1] <= cy <= gt[3]
+
+
+def harness_rec_metrics(
+    predictions: Sequence[Sequence[float] | None], targets: Sequence[Sequence[float]]
+) -> dict[str, Metric]:
+    """The headline: acc@t, mean IoU and centre accuracy as the paper's harness computes them, and the parsed
+    fraction. ``predictions``: `harness_normalize`d boxes, or None for an unparsed answer (scored as
+    ``[0, 0, 0, 0]``, as lmms-eval does)."""
+    if len(predictions) != len(targets):
+        raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets")
+    boxes = [UNPARSED_BOX if p is None else p for p in predictions]
+    ious = [harness_iou(p, t) for p, t in zip(boxes, targets)]
+    metrics = {f"acc@{t}": proportion([v >= t for v in ious]) for t in IOU_THRESHOLDS}
+    metrics["miou"] = mean_interval(ious)
+    metrics["center_acc"] = proportion([harness_center(p, t) for p, t in zip(boxes, targets)])
+    metrics["parsed"] = proportion([p is not None for p in predictions])
+    return metrics
+
+
+# ----------------------------------------------------------------------------- the careful reading
 
 
 def parse_box(answer: str) -> Box | None:

@@ -10,6 +10,9 @@ from PIL import Image
 from reroute.backbones import EvalProtocol, evaluation_protocols
 from reroute.eval.tasks.files import ParquetSplit
 
+#: the prefix of the metrics of reroute's careful reading of answers (the headline, the paper's harness, has none)
+CAREFUL = "careful/"
+
 #: lmms-eval's default post-prompt for short-answer VQA (POPE, GQA, MME)
 SHORT_ANSWER_POST_PROMPT = "\nAnswer the question using a single word or phrase."
 

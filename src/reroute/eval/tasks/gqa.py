@@ -9,7 +9,15 @@ from typing import Any
 
 from reroute.eval.metrics.gqa import gqa_metrics, normalize_answer
 from reroute.eval.task import EvalSample, Metric
-from reroute.eval.tasks.common import SHORT_ANSWER_POST_PROMPT, RowImages, check_family, check_limit, check_unique, family_protocol
+from reroute.eval.tasks.common import (
+    CAREFUL,
+    SHORT_ANSWER_POST_PROMPT,
+    RowImages,
+    check_family,
+    check_limit,
+    check_unique,
+    family_protocol,
+)
 from reroute.eval.tasks.files import DatasetFormatError, HubDataset, HubTask
 
 GQA = HubDataset(("GQA",))
@@ -64,9 +72,14 @@ class GqaTask(HubTask):
     def parse(
         self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None
     ) -> dict[str, Any]:
-        """``answer``: the answer lower-cased, punctuation deleted, stripped."""
+        """``raw``: the answer as decoded (lmms-eval's headline reading strips it, then lower-cases and deletes
+        punctuation); ``answer``: lower-cased, punctuation deleted, stripped (the careful reading)."""
         check_family(model_family)
-        return {"answer": normalize_answer(answer)}
+        return {"raw": answer, "answer": normalize_answer(answer)}
 
     def score(self, records: Sequence[dict[str, Any]]) -> dict[str, Metric]:
-        return gqa_metrics([r["prediction"]["answer"] for r in records], [r["target"] for r in records])
+        """``accuracy`` as lmms-eval scores it, then ``careful/accuracy``."""
+        targets = [r["target"] for r in records]
+        headline = gqa_metrics([r["prediction"]["raw"] for r in records], targets, lmms=True)
+        careful = gqa_metrics([r["prediction"]["answer"] for r in records], targets)
+        return headline | {CAREFUL + name: metric for name, metric in careful.items()}

@@ -1,8 +1,11 @@
 """MMBench English dev (lmms-lab/MMBench, config ``en``, split ``dev``), with circular evaluation.
 
 The prompt is lmms-eval's: the hint (when there is one), the question, "There are several
-options:" and one ``"A. ..."`` line per option, then the post-prompt asking for the letter.
-Answers are read without any API (`reroute.eval.metrics.mmbench.extract_choice`).
+options:" and one ``"A. ..."`` line per option, then a newline and the post-prompt, which itself
+starts with one (a blank line before the instruction, as lmms-eval's ``f"{query}\n{post_prompt}"``).
+Answers are read without any API: the headline as lmms-eval's API-free scoring reads them
+(`reroute.eval.metrics.mmbench.lmms_choice`), ``careful/`` metrics by reroute's
+`reroute.eval.metrics.mmbench.extract_choice`.
 """
 
 from __future__ import annotations
@@ -13,9 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reroute.eval.metrics.mmbench import LETTERS, circular_group, extract_choice, mmbench_metrics
+from reroute.eval.metrics.mmbench import (
+    LETTERS,
+    circular_group,
+    extract_choice,
+    lmms_choice,
+    lmms_options,
+    mmbench_metrics,
+)
 from reroute.eval.task import EvalSample, Metric
-from reroute.eval.tasks.common import RowImages, check_family, check_limit, check_unique
+from reroute.eval.tasks.common import (
+    CAREFUL,
+    RowImages,
+    check_family,
+    check_limit,
+    check_unique,
+)
 from reroute.eval.tasks.files import HubDataset, HubTask
 
 MMBENCH = HubDataset(("MMBench",))
@@ -64,6 +80,8 @@ class MmbenchTask(HubTask):
                         "index": index,
                         "group": circular_group(index),
                         "options": options,
+                        # the options lmms-eval's reader knows (A-D, a "nan" text kept)
+                        "lmms_options": lmms_options({c: rows[c][row] for c in "ABCD"}),
                         "hint": str(hint) if _present(hint) else None,
                         "category": rows["category"][row],
                         "l2_category": l2,
@@ -78,7 +96,7 @@ class MmbenchTask(HubTask):
         check_family(model_family)
         options = "\n".join([OPTIONS_HEADER, *(f"{k}. {v}" for k, v in sorted(sample.meta["options"].items()))])
         parts = [sample.meta["hint"], sample.question, options] if sample.meta["hint"] else [sample.question, options]
-        return " ".join(parts) + POST_PROMPT
+        return " ".join(parts) + "\n" + POST_PROMPT
 
     def max_new_tokens(self) -> int:
         return 1024  # lmms-eval's MMBench setting; greedy answers stop at the end-of-sequence token
@@ -86,14 +104,23 @@ class MmbenchTask(HubTask):
     def parse(
         self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None
     ) -> dict[str, Any]:
-        """``choice``: the option letter the answer picks, or None when it cannot be read."""
+        """``choice``: the option letter lmms-eval's API-free scoring reads from the answer, or None;
+        ``careful_choice``: the letter `extract_choice` reads, or None."""
         check_family(model_family)
-        return {"choice": extract_choice(answer, sample.meta["options"])}
+        return {
+            "choice": lmms_choice(answer, sample.meta["lmms_options"]),
+            "careful_choice": extract_choice(answer, sample.meta["options"]),
+        }
 
     def score(self, records: Sequence[dict[str, Any]]) -> dict[str, Metric]:
-        return mmbench_metrics(
-            [r["meta"]["index"] for r in records],
-            [r["prediction"]["choice"] is not None and r["prediction"]["choice"] == r["target"] for r in records],
-            [r["meta"]["category"] for r in records],
-        )
+        """The headline (lmms-eval's reading), then ``careful/<metric>`` (`extract_choice`)."""
+        indices = [r["meta"]["index"] for r in records]
+        categories = [r["meta"]["category"] for r in records]
+
+        def right(key: str) -> list[bool]:
+            return [r["prediction"][key] is not None and r["prediction"][key] == r["target"] for r in records]
+
+        headline = mmbench_metrics(indices, right("choice"), categories)
+        careful = mmbench_metrics(indices, right("careful_choice"), categories)
+        return headline | {CAREFUL + name: metric for name, metric in careful.items()}
 

@@ -7,9 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reroute.eval.metrics.pope import pope_metrics, yes_no_label
+from reroute.eval.metrics.pope import pope_metrics, whole_answer_label, yes_no_label
 from reroute.eval.task import EvalSample, Metric
-from reroute.eval.tasks.common import SHORT_ANSWER_POST_PROMPT, RowImages, check_family, check_limit, check_unique, family_protocol
+from reroute.eval.tasks.common import (
+    CAREFUL,
+    SHORT_ANSWER_POST_PROMPT,
+    RowImages,
+    check_family,
+    check_limit,
+    check_unique,
+    family_protocol,
+)
 from reroute.eval.tasks.files import HubDataset, HubTask
 
 POPE = HubDataset(("POPE",))
@@ -56,13 +64,15 @@ class PopeTask(HubTask):
     def parse(
         self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None
     ) -> dict[str, Any]:
-        """``label``: "yes", "no" or "other" (first word, lower-cased, punctuation dropped)."""
+        """``label``: "yes", "no" or "other", the whole answer lower-cased and stripped (lmms-eval's reading);
+        ``first_word_label``: the same from the first word, punctuation dropped (the careful reading)."""
         check_family(model_family)
-        return {"label": yes_no_label(answer)}
+        return {"label": whole_answer_label(answer), "first_word_label": yes_no_label(answer)}
 
     def score(self, records: Sequence[dict[str, Any]]) -> dict[str, Metric]:
-        return pope_metrics(
-            [r["prediction"]["label"] for r in records],
-            [r["target"] for r in records],
-            [r["meta"]["category"] for r in records],
-        )
+        """The headline (lmms-eval's whole-answer labels and recall), then ``careful/<metric>`` (first word)."""
+        targets = [r["target"] for r in records]
+        categories = [r["meta"]["category"] for r in records]
+        headline = pope_metrics([r["prediction"]["label"] for r in records], targets, categories, recall_misses="no")
+        careful = pope_metrics([r["prediction"]["first_word_label"] for r in records], targets, categories)
+        return headline | {CAREFUL + name: metric for name, metric in careful.items()}

@@ -5,6 +5,11 @@ Each file row is one object: ``bbox`` is ``[x, y, w, h]`` in pixels of the origi
 exploded at load, so counts come from the files), asked as the model family's grounding
 prompt (its protocol's ``grounding_prompt``, `reroute.backbones.evaluation`); the target is the
 object's box as normalised ``[x1, y1, x2, y2]``.
+
+Answers are read twice (docs/semantics.md §9): the headline metrics read them as the paper's
+harness does with the family's declared box parser and format; the ``careful/`` metrics with
+reroute's own reading (permissive parsing, boxes clipped to the image, the pixel heuristic, the
+frame chosen by ``--rec-frame``).
 """
 
 from __future__ import annotations
@@ -14,9 +19,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reroute.eval.metrics.rec import is_pixel_box, normalize_box, parse_box, rec_metrics, xywh_to_xyxy_normalized
+from reroute.eval.metrics.rec import (
+    harness_normalize,
+    harness_parse,
+    harness_rec_metrics,
+    is_pixel_box,
+    normalize_box,
+    parse_box,
+    rec_metrics,
+    xywh_to_xyxy_normalized,
+)
 from reroute.eval.task import EvalSample, Metric
-from reroute.eval.tasks.common import RowImages, check_family, check_limit, check_unique, family_protocol
+from reroute.eval.tasks.common import (
+    CAREFUL,
+    RowImages,
+    check_limit,
+    check_unique,
+    family_protocol,
+)
 from reroute.eval.tasks.files import HubDataset, HubTask
 
 REFCOCO = HubDataset(("RefCOCO",))
@@ -73,18 +93,36 @@ class RecTask(HubTask):
     def parse(
         self, sample: EvalSample, answer: str, model_family: str, frame: tuple[int, int] | None = None
     ) -> dict[str, Any]:
-        """``box``: the normalised predicted box, or None when the answer holds no box.
+        """``box``: the predicted box as the paper's harness reads it for this family (the protocol's
+        ``box_parser`` and ``box_format``, pixels divided by the original image size), None when it
+        finds none; ``raw_box``: the numbers it found.
 
-        Pixel boxes (any value above 1) are divided by ``frame`` (width, height), or by the
-        original image size when ``frame`` is None (the paper's convention, see `reroute.eval.task`).
+        ``careful_box``: reroute's careful reading, None when unparsed: any ``[a, b, c, d]`` or
+        ``(a, b, c, d)``; a "per_mille" family's box divided by 1000; otherwise a box with any value
+        above 1 (``careful_pixels``) divided by ``frame`` (width, height), or by the original image
+        size when ``frame`` is None.
         """
-        check_family(model_family)
-        raw = parse_box(answer)
-        if raw is None:
-            return {"box": None, "raw_box": None, "pixels": False}
-        size = tuple(frame) if frame is not None else tuple(sample.meta["image_size"])
-        box = normalize_box(raw, size)  # type: ignore[arg-type]
-        return {"box": [float(v) for v in box], "raw_box": list(raw), "pixels": is_pixel_box(raw)}
+        protocol = family_protocol(model_family)
+        image_size = tuple(sample.meta["image_size"])
+        raw = harness_parse(answer, protocol.box_parser)
+        box = None if raw is None else harness_normalize(raw, protocol.box_format, image_size)  # type: ignore[arg-type]
+        careful_raw = parse_box(answer)
+        if careful_raw is None:
+            careful = None
+        elif protocol.box_format == "per_mille":
+            careful = tuple(v / 1000 for v in careful_raw)
+        else:
+            careful = normalize_box(careful_raw, tuple(frame) if frame is not None else image_size)  # type: ignore[arg-type]
+        return {
+            "box": None if box is None else [float(v) for v in box],
+            "raw_box": None if raw is None else list(raw),
+            "careful_box": None if careful is None else [float(v) for v in careful],
+            "careful_pixels": careful_raw is not None and protocol.box_format != "per_mille" and is_pixel_box(careful_raw),
+        }
 
     def score(self, records: Sequence[dict[str, Any]]) -> dict[str, Metric]:
-        return rec_metrics([r["prediction"]["box"] for r in records], [r["target"] for r in records])
+        """The headline (the paper's harness, `harness_rec_metrics`), then ``careful/<metric>`` (`rec_metrics`)."""
+        targets = [r["target"] for r in records]
+        headline = harness_rec_metrics([r["prediction"]["box"] for r in records], targets)
+        careful = rec_metrics([r["prediction"]["careful_box"] for r in records], targets)
+        return headline | {CAREFUL + name: metric for name, metric in careful.items()}
