@@ -58,9 +58,9 @@ def test_the_declarations_of_every_builtin_family():
     assert table == {
         "LlavaBackbone": (True, True, "llava", "clip_cls", True, ("llava-1.5-7b",)),
         "Qwen2_5VLBackbone": (True, True, "qwen2_5_vl", "qwen2_5_vit", False, ("qwen2.5-vl-7b",)),
-        "Qwen2VLBackbone": (True, True, None, None, False, ()),
-        "LlavaNextBackbone": (False, False, None, None, False, ("llava-next-7b", "llava-onevision-7b")),
-        "InternVLBackbone": (False, False, None, None, False, ("internvl3-8b",)),
+        "Qwen2VLBackbone": (True, True, "qwen2_vl", None, False, ()),
+        "LlavaNextBackbone": (False, False, "llava_next", None, False, ("llava-next-7b", "llava-onevision-7b")),
+        "InternVLBackbone": (False, False, "internvl", None, False, ("internvl3-8b",)),
         "Qwen3VLBackbone": (True, True, "qwen3_vl", None, False, ("qwen3-vl-8b",)),
         "Mistral3Backbone": (True, False, None, None, False, ("mistral-small-3.1-24b",)),
     }
@@ -74,7 +74,7 @@ def test_the_demo_is_a_registered_llava_told_apart_by_its_processor(model_dir):
     assert type(backbone_for(model, processor)) is DemoBackbone
     assert type(backbone_for(model)) is LlavaBackbone  # the decoder adapter apply() uses: the same layout
     assert type(backbone_for_config(model.config)) is LlavaBackbone  # a config alone cannot tell the demo apart
-    assert list(evaluation_protocols()) == ["llava", "qwen2_5_vl", "qwen3_vl", "demo"]
+    assert list(evaluation_protocols()) == ["internvl", "llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "demo"]
     with pytest.raises(ValueError, match=r"^DemoBackbone is already registered$"):
         register_backbone(DemoBackbone)
 
@@ -105,15 +105,15 @@ def test_eval_and_analyze_refuse_a_family_without_an_evaluation_protocol():
     from reroute.eval.families import detect_family
     from reroute.viz.collect import model_family
 
-    model = FAMILIES["qwen2_vl"].make_model(num_layers=2)
+    model = FAMILIES["mistral3"].make_model(num_layers=2)
     with _one_line(
-        "Qwen2-VL declares no evaluation protocol (Qwen2VLBackbone.evaluation): "
-        "pass --family with one of llava, qwen2_5_vl, qwen3_vl, demo"
+        "Mistral 3 declares no evaluation protocol (Mistral3Backbone.evaluation): "
+        "pass --family with one of internvl, llava, llava_next, qwen2_vl, qwen2_5_vl, qwen3_vl, demo"
     ):
         detect_family(model, None)
     with _one_line(
-        "Qwen2-VL declares no evaluation protocol (Qwen2VLBackbone.evaluation): "
-        "tasks write their prompts for llava, qwen2_5_vl, qwen3_vl, demo"
+        "Mistral 3 declares no evaluation protocol (Mistral3Backbone.evaluation): "
+        "tasks write their prompts for internvl, llava, llava_next, qwen2_vl, qwen2_5_vl, qwen3_vl, demo"
     ):
         model_family(model, None)
 
@@ -218,7 +218,7 @@ def test_mistral3_commands_work_or_refuse_by_its_declarations(capsys):
     model = tiny_mistral3(num_layers=2)
     with _one_line(
         "Mistral 3 declares no evaluation protocol (Mistral3Backbone.evaluation): "
-        "pass --family with one of llava, qwen2_5_vl, qwen3_vl, demo"
+        "pass --family with one of internvl, llava, llava_next, qwen2_vl, qwen2_5_vl, qwen3_vl, demo"
     ):
         detect_family(model, None)
     assert backbone_for(model).answer_frame is None and backbone_for(model).grids is not None

@@ -35,12 +35,23 @@ QWEN_PROMPT = "Locate the red cup in this image and output the bbox coordinates 
 
 def test_each_family_declares_the_papers_prompt_format_and_parser():
     protocols = evaluation_protocols()
-    builtin = ("llava", "qwen2_5_vl", "qwen3_vl")  # the demo registers its own once imported
+    builtin = ("internvl", "llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # and the demo's, once imported
     assert {name: (protocols[name].box_format, protocols[name].box_parser) for name in builtin} == {
+        "internvl": ("per_mille", "internvl"),
         "llava": ("normalized", "bracketed"),
+        "llava_next": ("normalized", "bracketed"),
+        "qwen2_vl": ("per_mille", "bracketed"),
         "qwen2_5_vl": ("pixels", "bracketed"),
         "qwen3_vl": ("per_mille", "bracketed"),
     }
+    assert protocols["llava_next"].grounding_prompt == protocols["llava"].grounding_prompt
+    assert protocols["qwen2_vl"].grounding_question("the red cup") == QWEN_PROMPT
+    assert protocols["internvl"].grounding_question("the red cup") == (
+        "Please provide the bounding box coordinate of the region this sentence describes: <ref>the red cup</ref>"
+    )
+    # Qwen2-VL runs at Qwen2.5-VL's (the paper's) pixel bounds; the other new families have none
+    assert protocols["qwen2_vl"].processor_kwargs == protocols["qwen2_5_vl"].processor_kwargs
+    assert protocols["internvl"].processor_kwargs == {} and protocols["llava_next"].processor_kwargs == {}
     assert protocols["llava"].grounding_question("the red cup") == (
         "Bounding box coordinates are specified in the format (top-left x, top-left y, bottom-right x, "
         "bottom-right y). All values are floating point numbers bounded between 0 and 1. Please provide "
@@ -53,7 +64,7 @@ def test_each_family_declares_the_papers_prompt_format_and_parser():
 def test_a_protocol_refuses_an_unknown_box_format_or_parser():
     with pytest.raises(ValueError, match=r"^box_format must be one of normalized, pixels, per_mille, got 'pixel'$"):
         EvalProtocol("x", llava_conversation, "{expression}", box_format="pixel")
-    with pytest.raises(ValueError, match=r"^box_parser must be one of bracketed, square, got 'json'$"):
+    with pytest.raises(ValueError, match=r"^box_parser must be one of bracketed, square, internvl, got 'json'$"):
         EvalProtocol("x", llava_conversation, "{expression}", box_parser="json")
 
 
@@ -101,6 +112,23 @@ def test_run_json_and_summary_state_the_protocol():
 def test_harness_parsers(answer, bracketed, square):
     assert harness_parse(answer, "bracketed") == bracketed
     assert harness_parse(answer, "square") == square
+
+
+@pytest.mark.parametrize(
+    ("answer", "box"),
+    [
+        ("<ref>the red cup</ref><box>[[100, 200, 900, 900]]</box>", (100.0, 200.0, 900.0, 900.0)),
+        ("[[ 100 ,200,900, 900 ]]", (100.0, 200.0, 900.0, 900.0)),  # float() takes the spaces around a piece
+        ("[12.5, .5, 3, 4]", (12.5, 0.5, 3.0, 4.0)),
+        ("[[1, 2], [3, 4]]", None),  # pieces "[1", " 2]", ...: no numbers, InternVL's zero box
+        ("[1, 2, 3, 4, 5]", None),  # the last piece is "4, 5"
+        ("[a, b, c, d] then [1, 2, 3, 4]", None),  # only the first match is read
+        ("(100, 200, 900, 900)", None),  # no square brackets
+        ("no box", None),
+    ],
+)
+def test_internvl_parser_hand_computed(answer, box):
+    assert harness_parse(answer, "internvl") == box
 
 
 def test_harness_formats_hand_computed():
@@ -182,6 +210,27 @@ def test_rec_task_qwen3_per_mille(tmp_path):
     # IoUs 1 and (0.4 x 0.7) / (0.8 x 0.7) = 0.5
     assert metrics["miou"].value == pytest.approx(0.75) and metrics["acc@0.5"].value == 1.0
     assert metrics["careful/miou"].value == pytest.approx(0.75)
+
+
+def test_rec_task_new_families(tmp_path):
+    """LLaVA-NeXT reads as LLaVA, Qwen2-VL as Qwen3-VL (0-1000), InternVL its <box>[[...]]</box> on 0-1000."""
+    task, sample = _rec_sample(tmp_path)  # target (0.1, 0.2, 0.9, 0.9) of a 200 x 100 image
+    assert task.prompt(sample, "llava_next") == task.prompt(sample, "llava")
+    assert task.prompt(sample, "qwen2_vl") == QWEN_PROMPT
+    assert task.prompt(sample, "internvl").endswith("this sentence describes: <ref>the red cup</ref>")
+    (llava_next,) = _records(task, sample, ["[0.10, 0.20, 1.02, 0.90]"], "llava_next")
+    assert llava_next["prediction"]["box"] == pytest.approx([0.10, 0.20, 1.02, 0.90])
+    (qwen2,) = _records(task, sample, ['[{"bbox_2d": [100, 200, 500, 900], "label": "the red cup"}]'], "qwen2_vl")
+    assert qwen2["prediction"]["box"] == pytest.approx([0.1, 0.2, 0.5, 0.9])
+    answers = ["<ref>the red cup</ref><box>[[100, 200, 900, 900]]</box>", "<box>[[a, b, c, d]]</box>"]
+    first, second = _records(task, sample, answers, "internvl")
+    assert first["prediction"]["box"] == pytest.approx([0.1, 0.2, 0.9, 0.9])
+    assert first["prediction"]["careful_box"] == pytest.approx([0.1, 0.2, 0.9, 0.9])
+    assert second["prediction"]["box"] is None
+    metrics = task.score([first, second])
+    # IoUs 1 and 0 (the zero box); the careful reading finds no box in the second either
+    assert metrics["miou"].value == pytest.approx(0.5) and metrics["parsed"].value == 0.5
+    assert metrics["careful/miou"].value == pytest.approx(0.5)
 
 
 # ----------------------------------------------------------------------------- POPE and GQA

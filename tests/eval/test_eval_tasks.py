@@ -77,8 +77,8 @@ def test_unknown_model_family_and_bad_limit_are_refused(tmp_path):
     write_pope(tmp_path)
     task = get_task("pope")
     sample = task.load(tmp_path, limit=1)[0]
-    with pytest.raises(ValueError, match=r"^unknown model family 'qwen2_vl'; expected one of llava, qwen2_5_vl, qwen3_vl, demo$"):
-        task.prompt(sample, "qwen2_vl")
+    with pytest.raises(ValueError, match=r"^unknown model family 'mistral3'; expected one of internvl, llava, llava_next, qwen2_vl, qwen2_5_vl, qwen3_vl, demo$"):
+        task.prompt(sample, "mistral3")
     with pytest.raises(ValueError, match=r"^limit must be a positive integer or None, got 0$"):
         task.load(tmp_path, limit=0)
 

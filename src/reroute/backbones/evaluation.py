@@ -9,8 +9,9 @@ paper's harness: prompt, min/max pixels, coordinate format, answer parser) is fi
 adapter and nowhere else: a new per-family setting is a field here with today's behaviour as
 its default, set where a family differs.
 
-Protocols are named (``--family``): ``llava`` (LLaVA-1.5), ``qwen2_5_vl`` (Qwen2.5-VL), ``qwen3_vl``
-(Qwen3-VL) and, once `reroute.demo` is imported, ``demo`` (the bundled demo model).
+Protocols are named (``--family``): ``llava`` (LLaVA-1.5), ``llava_next`` (LLaVA-NeXT and OneVision),
+``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``, ``internvl`` and, once `reroute.demo` is imported, ``demo``
+(the bundled demo model).
 
 REC answers are read the way the paper's harness reads them (docs/semantics.md §9): the
 protocol's ``box_parser`` finds the box and its ``box_format`` says what its numbers are.
@@ -33,8 +34,9 @@ FrameRule = Callable[[Any, Mapping[str, torch.Tensor], Sequence[int]], "list[tup
 #: "normalized" already 0..1 (LLaVA), "pixels" of the original image (Qwen2.5-VL), "per_mille" 0..1000 (Qwen3-VL)
 BOX_FORMATS: tuple[str, ...] = ("normalized", "pixels", "per_mille")
 #: how a REC answer box is found: "bracketed" is the paper's patched lmms-eval (the first "[a, b, c, d]",
-#: else the first "(a, b, c, d)"); "square" is stock lmms-eval (square brackets only)
-BOX_PARSERS: tuple[str, ...] = ("bracketed", "square")
+#: else the first "(a, b, c, d)"); "square" is stock lmms-eval (square brackets only); "internvl" is
+#: InternVL's own RefCOCO evaluation (the first "[a, b, c, d]" or "[[a, b, c, d]]", each piece read as a number)
+BOX_PARSERS: tuple[str, ...] = ("bracketed", "square", "internvl")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """InternVL (``InternVLForConditionalGeneration``, the ``-hf`` checkpoints): InternViT tiles, pixel
 shuffle, MLP projector, Qwen2 (InternVL3) or Qwen3 (InternVL3.5, QK-norm) decoder with 1-D positions.
 
-Declared: the released shape. Not declared: token grids (tiles plus a thumbnail), an evaluation
-protocol, an answer-box frame, a Nüwa tower.
+Declared: the released shape and the evaluation protocol (``internvl``: InternVL's own RefCOCO prompt and
+``<box>[[x1, y1, x2, y2]]</box>`` answers on 0-1000, the conversation from the processor's chat template;
+docs/evaluation.md). Not declared: token grids (tiles plus a thumbnail), an answer-box frame, a Nüwa tower.
 """
 
 from __future__ import annotations
@@ -10,7 +11,24 @@ from __future__ import annotations
 from typing import Any
 
 from reroute.backbones.base import Backbone, ReleasedShape, register_backbone
+from reroute.backbones.evaluation import EvalProtocol, chat_template_conversation
 from reroute.runtime.compat import apply_rotary_pos_emb
+
+#: InternVL's own RefCOCO prompt (OpenGVLab/InternVL internvl_chat/eval/refcoco/evaluate_grounding.py);
+#: the model answers ``<ref>X</ref><box>[[x1, y1, x2, y2]]</box>`` on 0-1000
+INTERNVL_GROUNDING_PROMPT = (
+    "Please provide the bounding box coordinate of the region this sentence describes: <ref>{expression}</ref>"
+)
+
+#: InternVL as its own evaluation reads RefCOCO: its prompt and pattern, boxes on 0-1000
+INTERNVL = EvalProtocol(
+    name="internvl",
+    conversation=chat_template_conversation("InternVL"),
+    grounding_prompt=INTERNVL_GROUNDING_PROMPT,
+    box_format="per_mille",
+    box_parser="internvl",
+    harness="InternVL's RefCOCO evaluation (REC); lmms-eval 0.7.1 (POPE, GQA, MME, MMBench)",
+)
 
 
 def internvl3_8b() -> Any:
@@ -37,6 +55,7 @@ class InternVLBackbone(Backbone):
     family = "InternVL"
     model_types = ("internvl",)
     apply_rotary = staticmethod(apply_rotary_pos_emb)
+    evaluation = INTERNVL
     # a 448 x 448 image: one tile (no thumbnail for a single tile)
     released = (ReleasedShape("internvl3-8b", internvl3_8b, 256),)
 

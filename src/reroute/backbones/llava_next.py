@@ -5,9 +5,10 @@ Both place every visual feature (the base crop, the unpadded high-resolution gri
 placeholder positions (docs/semantics.md §1): newline features are visual tokens like the others. The
 decoder is a plain Llama/Qwen2 stack with 1-D positions, as for LLaVA-1.5.
 
-Declared: the released shapes. Not declared: token grids (a base crop plus an unpadded
-high-resolution grid broken by newline features is not one raster), an evaluation protocol,
-an answer-box frame, a Nüwa tower (Nüwa's stage 1 is defined on single-crop towers).
+Declared: the released shapes and the evaluation protocol (``llava_next``: LLaVA's REC prompt and
+normalised boxes, the conversation from the processor's own chat template; docs/evaluation.md). Not
+declared: token grids (a base crop plus an unpadded high-resolution grid broken by newline features is
+not one raster), an answer-box frame, a Nüwa tower (Nüwa's stage 1 is defined on single-crop towers).
 """
 
 from __future__ import annotations
@@ -15,8 +16,19 @@ from __future__ import annotations
 from typing import Any
 
 from reroute.backbones.base import Backbone, ReleasedShape, register_backbone
-from reroute.backbones.llava import llava_1_5_7b
+from reroute.backbones.evaluation import EvalProtocol, chat_template_conversation
+from reroute.backbones.llava import LLAVA_GROUNDING_PROMPT, llava_1_5_7b
 from reroute.runtime.compat import apply_rotary_pos_emb
+
+#: LLaVA-NeXT and OneVision as LLaVA-1.5 (the paper's LLaVA protocol: lmms-eval's full prompt, boxes
+#: already 0..1, a value above 1 kept as it is); each checkpoint's own chat template around the text
+LLAVA_NEXT = EvalProtocol(
+    name="llava_next",
+    conversation=chat_template_conversation("LLaVA-NeXT/OneVision"),
+    grounding_prompt=LLAVA_GROUNDING_PROMPT,
+    box_format="normalized",
+    box_parser="bracketed",
+)
 
 
 def llava_next_7b() -> Any:
@@ -57,6 +69,7 @@ class LlavaNextBackbone(Backbone):
     family = "LLaVA-NeXT/OneVision"
     model_types = ("llava_next", "llava_onevision")
     apply_rotary = staticmethod(apply_rotary_pos_emb)
+    evaluation = LLAVA_NEXT
     released = (
         # a 672 x 672 image: base crop 576 + 2 x 2 crops (48 x 48) + 48 newline features
         ReleasedShape("llava-next-7b", llava_next_7b, 2928),

@@ -8,11 +8,10 @@ from typing import Any
 from reroute.backbones.base import ReleasedShape, register_backbone
 from reroute.backbones.evaluation import EvalProtocol, chat_template_conversation, grid_thw_frames
 from reroute.backbones.grids import processed_pixels, qwen_prompt_grids
-from reroute.backbones.qwen2_vl import QwenVLLayout
+from reroute.backbones.qwen2_vl import QWEN_GROUNDING_PROMPT, QwenVLLayout
 
-#: the paper's Qwen grounding prompt (Nüwa's; the paper's run_eval.py MODEL_PRESETS): Qwen2.5-VL
-#: answers JSON with pixel boxes, which the paper divides by the original image's width and height
-QWEN_GROUNDING_PROMPT = "Locate {expression} in this image and output the bbox coordinates in JSON format."
+# The paper's Qwen grounding prompt (Nüwa's; run_eval.py MODEL_PRESETS): Qwen2.5-VL answers JSON with
+# pixel boxes, which the paper divides by the original image's width and height.
 
 QWEN2_5_VL = EvalProtocol(
     name="qwen2_5_vl",

@@ -1,9 +1,9 @@
 """Qwen2-VL (``Qwen2VLForConditionalGeneration``): dynamic-resolution vision tower, Qwen2 decoder with
 3-D M-RoPE; and `QwenVLLayout`, the decoder layout the Qwen-VL adapters share.
 
-Qwen2-VL declares token grids and its answer-box frame (0-1000); no evaluation protocol (``reroute
-eval --family qwen2_5_vl`` runs it with Qwen2.5-VL's), no Nüwa tower (Nüwa's stage 1 is defined on
-Qwen2.5-VL's windowed tower), no released shape.
+Qwen2-VL declares token grids, its answer-box frame (0-1000) and its evaluation protocol (``qwen2_vl``:
+the Qwen grounding prompt, boxes on 0-1000, the paper's Qwen resolution; docs/semantics.md §9); no Nüwa
+tower (Nüwa's stage 1 is defined on Qwen2.5-VL's windowed tower), no released shape.
 """
 
 from __future__ import annotations
@@ -11,9 +11,25 @@ from __future__ import annotations
 import torch
 
 from reroute.backbones.base import Backbone, register_backbone
+from reroute.backbones.evaluation import EvalProtocol, chat_template_conversation, grid_thw_frames
 from reroute.backbones.grids import per_mille, qwen_prompt_grids
 from reroute.runtime.adapter import Positions
 from reroute.runtime.compat import apply_rotary_pos_emb
+
+#: the Qwen grounding prompt (the paper's, run_eval.py MODEL_PRESETS, for Qwen2.5-VL and Qwen3-VL)
+QWEN_GROUNDING_PROMPT = "Locate {expression} in this image and output the bbox coordinates in JSON format."
+
+#: Qwen2-VL, which the paper did not run (docs/semantics.md §9): the Qwen grounding prompt, boxes on
+#: 0-1000 (Qwen2-VL's own relative coordinates), and Qwen2.5-VL's resolution (the paper's iso-576-token
+#: bounds: Qwen2-VL's processor has the same 14-px patches merged 2 x 2)
+QWEN2_VL = EvalProtocol(
+    name="qwen2_vl",
+    conversation=chat_template_conversation("Qwen2-VL"),
+    grounding_prompt=QWEN_GROUNDING_PROMPT,
+    resized_frames=grid_thw_frames,
+    box_format="per_mille",
+    processor_kwargs={"size": {"shortest_edge": 256 * 28 * 28, "longest_edge": 576 * 28 * 28}},
+)
 
 
 class QwenVLLayout(Backbone):
@@ -52,3 +68,4 @@ class Qwen2VLBackbone(QwenVLLayout):
     model_types = ("qwen2_vl", "qwen2_vl_text")
     grids = staticmethod(qwen_prompt_grids)
     answer_frame = staticmethod(per_mille)
+    evaluation = QWEN2_VL
