@@ -1,4 +1,5 @@
-"""What makes an lmms-eval HF model class route: `RoutedMixin` (the classes are in `llava_hf`, `qwen2_5_vl`).
+"""What makes an lmms-eval HF model class route: `RoutedMixin` (the classes are in `llava_hf`, `qwen2_vl`,
+`qwen2_5_vl`, `qwen3_vl`, `internvl_hf`, `mistral3_vl`).
 
 Prompts, chat templates, generation settings and answer parsing stay lmms-eval's: each
 class here subclasses lmms-eval's class of the same family and changes three things only:
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from loguru import logger as eval_logger
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
+from loguru import logger as eval_logger
 
 from reroute.eval.lmms.args import RoutingArgs, set_pixel_args
 from reroute.eval.lmms.session import RoutingSession
@@ -31,12 +32,14 @@ class RoutedMixin:
     """Put before an lmms-eval HF model class: routes the model it loads (see the module docstring)."""
 
     routing: RoutingSession | None
-    #: the evaluation family whose protocol's pixel bounds apply (`reroute.backbones.evaluation_protocols`)
-    family: str
+    #: the evaluation family whose protocol's pixel bounds apply (`reroute.backbones.evaluation_protocols`);
+    #: None for a family that declares no protocol (Mistral 3): the parent's own arguments, untouched
+    family: str | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         routing_args = RoutingArgs.pop_from(kwargs)  # checked before the (slow) model load
-        set_pixel_args(kwargs, self.family)
+        if self.family is not None:
+            set_pixel_args(kwargs, self.family)
         self._prepare_kwargs(kwargs)
         super().__init__(*args, **kwargs)
         self.routing = None
