@@ -5,8 +5,8 @@ adapter declares (`reroute.backbones.base.Backbone.evaluation`, `reroute.backbon
 wraps it in the model's conversation format and runs the processor on a batch (left padding, so
 every prompt ends at the last column and greedy generation continues all of them at once);
 `generate` decodes the new tokens. Families are the declared protocols' names
-(`reroute.eval.task.model_families`): ``llava``, ``qwen2_5_vl``, ``qwen3_vl`` and, once `reroute.demo` is
-imported, ``demo``.
+(`reroute.eval.task.model_families`): ``internvl``, ``llava``, ``llava_next``, ``qwen2_vl``, ``qwen2_5_vl``,
+``qwen3_vl`` and, once `reroute.demo` is imported, ``demo``.
 
 `detect_family` asks the family registry for the model's adapter (by its class and, for the
 demo, its tokenizer); the command line can override it with ``--family``.
