@@ -112,7 +112,8 @@ def test_model_args_reach_lmms_evals_class_without_the_routing_keys(ours, theirs
 def test_bad_routing_args_fail_before_the_model_loads(ours, theirs, kind, path, recorder):
     cls = _load(path)
     seen = recorder(cls)
-    with pytest.raises(ValueError, match=r"^preset=fastv needs tier=: the budget avg_T, e\.g\. tier=128 \(of 576 visual tokens\)$"):
+    message = r"^preset=fastv needs tier=: the budget avg_T, e\.g\. tier=128 \(of 576 visual tokens\)$"
+    with pytest.raises(ValueError, match=message):
         cls(pretrained="x", preset="fastv")
     assert seen == []
 

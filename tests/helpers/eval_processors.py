@@ -98,7 +98,8 @@ def tiny_llava_next_processor(family: str = "llava_next"):
     image_processor = LlavaOnevisionImageProcessorPil(size=crop, image_grid_pinpoints=PINPOINTS)
     return _images_only(LlavaOnevisionProcessor)(
         image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-        num_image_tokens=(ANYRES_CROP // 8) ** 2, vision_feature_select_strategy="full", chat_template=ONEVISION_TEMPLATE,
+        num_image_tokens=(ANYRES_CROP // 8) ** 2, vision_feature_select_strategy="full",
+        chat_template=ONEVISION_TEMPLATE,
     )
 
 

@@ -28,6 +28,7 @@ LLAVA_NEXT = EvalProtocol(
     grounding_prompt=LLAVA_GROUNDING_PROMPT,
     box_format="normalized",
     box_parser="bracketed",
+    harness="the paper's harness (lmms-eval 0.7.1, RefCOCO patch), its LLaVA rules; the paper ran no LLaVA-NeXT",
 )
 
 

@@ -28,6 +28,7 @@ QWEN2_VL = EvalProtocol(
     grounding_prompt=QWEN_GROUNDING_PROMPT,
     resized_frames=grid_thw_frames,
     box_format="per_mille",
+    harness="the paper's harness (lmms-eval 0.7.1, RefCOCO patch), its Qwen3-VL rules; the paper ran no Qwen2-VL",
     processor_kwargs={"size": {"shortest_edge": 256 * 28 * 28, "longest_edge": 576 * 28 * 28}},
 )
 
