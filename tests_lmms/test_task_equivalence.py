@@ -4,8 +4,10 @@ For REC (LLaVA), POPE, GQA, MME and MMBench, lmms-eval's ``doc_to_text``, ``proc
 aggregations run on the same fixture rows (tests/helpers/eval_fixtures.py) and the same model
 answers as our tasks: prompts must be equal string for string, per-sample scores and headline
 metrics equal. The answers include the hard cases (a LLaVA box with a value above 1, "Yes." for
-POPE, prose for MMBench). For REC, stock lmms-eval is the paper's harness on LLaVA; the Qwen
-formats (the paper's patch) are checked on hand-computed cases in tests/eval/test_eval_harness.py.
+POPE, prose for MMBench). The POPE, GQA, MME and MMBench prompts are lmms-eval's for every built-in
+family. For REC, stock lmms-eval is the paper's harness on LLaVA (and LLaVA-NeXT/OneVision, read the
+same way); the Qwen formats (the paper's patch) and InternVL's own reading are checked on
+hand-computed cases in tests/eval/test_eval_harness.py.
 lmms-eval's task settings (post-prompts, metric options) are read from its own YAML files.
 """
 
@@ -80,7 +82,14 @@ REC_ANSWERS = [
 ]
 
 
-def test_rec_llava_equals_lmms_eval(tmp_path):
+#: the built-in families whose REC headline is stock lmms-eval's reading (LLaVA's protocol)
+LLAVA_READ = ("llava", "llava_next")
+#: every built-in family (the short-answer tasks are lmms-eval's for all of them)
+BUILTIN = ("internvl", "llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+@pytest.mark.parametrize("family", LLAVA_READ)
+def test_rec_llava_equals_lmms_eval(tmp_path, family):
     rows = write_refcoco_rows(
         tmp_path,
         [
@@ -93,11 +102,11 @@ def test_rec_llava_equals_lmms_eval(tmp_path):
     docs = list(utils_rec.refcoco_bbox_rec_preprocess_dataset(datasets.Dataset.from_list(rows)))
     assert len(docs) == len(samples) == len(REC_ANSWERS)
 
-    assert [task.prompt(s, "llava") for s in samples] == [utils_rec.refcoco_bbox_rec_doc_to_text(d) for d in docs]
+    assert [task.prompt(s, family) for s in samples] == [utils_rec.refcoco_bbox_rec_doc_to_text(d) for d in docs]
     assert [s.target for s in samples] == [d["bbox"] for d in docs]
 
     lmms = [utils_rec.refcoco_bbox_rec_process_result(d, [a])["refcoco_IoU"] for d, a in zip(docs, REC_ANSWERS)]
-    records = our_records(task, samples, REC_ANSWERS)
+    records = our_records(task, samples, REC_ANSWERS, family)
     assert [r["prediction"]["box"] or [0, 0, 0, 0] for r in records] == [item["pred"] for item in lmms]
     metrics = task.score(records)
     for ours, theirs in [
@@ -132,16 +141,17 @@ POPE_ANSWERS = ["Yes", "yes", "Yes.", "No", " no\n", "no, there is not", "There 
                 "no"]
 
 
-def test_pope_equals_lmms_eval(tmp_path):
+@pytest.mark.parametrize("family", BUILTIN)
+def test_pope_equals_lmms_eval(tmp_path, family):
     rows = write_pope(tmp_path, per_category=4)
     task = get_task("pope")
     samples = task.load(tmp_path)
     assert len(samples) == len(rows) == len(POPE_ANSWERS)
     kwargs = default_kwargs("pope/pope.yaml")
-    assert [task.prompt(s, "llava") for s in samples] == [pope_utils.pope_doc_to_text(r, kwargs) for r in rows]
+    assert [task.prompt(s, family) for s in samples] == [pope_utils.pope_doc_to_text(r, kwargs) for r in rows]
 
     lmms = [pope_utils.pope_process_results(r, [a])["pope_accuracy"] for r, a in zip(rows, POPE_ANSWERS)]
-    records = our_records(task, samples, POPE_ANSWERS)
+    records = our_records(task, samples, POPE_ANSWERS, family)
     assert [float(r["prediction"]["label"] == r["target"]) for r in records] == [item["score"] for item in lmms]
     metrics = task.score(records)
     assert metrics["accuracy"].value == pope_utils.pope_aggregate_accuracy(lmms)
@@ -160,7 +170,8 @@ def test_gqa_equals_lmms_eval(tmp_path):
     task = get_task("gqa")
     samples = task.load(tmp_path)
     kwargs = default_kwargs("gqa/gqa.yaml")
-    assert [task.prompt(s, "llava") for s in samples] == [gqa_utils.gqa_doc_to_text(r, kwargs) for r in rows]
+    for family in BUILTIN:  # every family asks lmms-eval's question
+        assert [task.prompt(s, family) for s in samples] == [gqa_utils.gqa_doc_to_text(r, kwargs) for r in rows], family
 
     answers = [r["answer"] for r in rows]
     answers[0] = f" {answers[0].upper()}.\n"  # stripped, lower-cased, period dropped: right
@@ -188,7 +199,8 @@ def test_mme_equals_lmms_eval(tmp_path):
     task = get_task("mme")
     samples = task.load(tmp_path)
     kwargs = default_kwargs("mme/mme.yaml")
-    assert [task.prompt(s, "llava") for s in samples] == [mme_utils.mme_doc_to_text(r, kwargs) for r in rows]
+    for family in BUILTIN:  # every family asks lmms-eval's question
+        assert [task.prompt(s, family) for s in samples] == [mme_utils.mme_doc_to_text(r, kwargs) for r in rows], family
 
     pool = ["Yes", "No", "yes.", "no", "Yes, it is.", "N", "I am not sure", "No, it is not."]
     answers = [pool[i % len(pool)] for i in range(len(rows))]
@@ -211,7 +223,9 @@ def test_mmbench_prompt_equals_lmms_eval(tmp_path):
     samples = task.load(tmp_path)
     kwargs = default_kwargs("mmbench/_default_template_mmbench_en_yaml")
     docs = [{**r, "L2-category": r.get("L2-category", r.get("l2-category"))} for r in rows]
-    assert [task.prompt(s, "llava") for s in samples] == [mmbench_utils.mmbench_doc_to_text(d, kwargs) for d in docs]
+    for family in BUILTIN:  # every family asks lmms-eval's question
+        theirs = [mmbench_utils.mmbench_doc_to_text(d, kwargs) for d in docs]
+        assert [task.prompt(s, family) for s in samples] == theirs, family
 
 
 MMBENCH_ANSWERS = [  # targets per group: A, C, B
