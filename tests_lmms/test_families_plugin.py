@@ -127,6 +127,6 @@ def test_pixel_args_per_family(recorder):
         RerouteQwen2_VLSimple(pretrained="x", max_pixels=1003520)
     assert seen == [{"pretrained": "x", "min_pixels": 200704, "max_pixels": 1003520}]
     recorder(RerouteInternVLHf)
-    with pytest.raises(ValueError, match=r"^min_pixels does not apply to the internvl family: its processor resizes "
-                                         r"every image to one size; drop min_pixels$"):
+    with pytest.raises(ValueError, match=r"^min_pixels does not apply to the internvl family: its protocol declares "
+                                         r"no pixel bounds for its processor; drop min_pixels$"):
         RerouteInternVLHf(pretrained="x", min_pixels=200704)

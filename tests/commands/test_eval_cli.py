@@ -228,7 +228,7 @@ def test_paper_table_runs_batch_1_and_eval_keeps_batching():
 def test_pixel_flags_are_refused_on_a_family_without_bounds(data_dir, tmp_path, capsys):
     assert main(eval_args(data_dir, tmp_path, "--min-pixels", "200704")) == 2
     assert capsys.readouterr().err.split("\n")[-2:] == [
-        "reroute eval: --min-pixels does not apply to the demo family: its processor resizes every image to one size; "
+        "reroute eval: --min-pixels does not apply to the demo family: its protocol declares no pixel bounds for its processor; "
         "drop --min-pixels", ""
     ]
     assert not (tmp_path / "vanilla").exists()

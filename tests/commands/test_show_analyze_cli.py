@@ -200,12 +200,12 @@ def test_pixel_bounds_are_refused_on_the_demo_family(model_dir, image_file, tmp_
             "--output", str(tmp_path / "f.png"), "--max-pixels", "451584"]
     assert main(show) == 2
     assert capsys.readouterr().err.split("\n")[-2:] == [  # after transformers' weight-loading bar
-        "reroute show: --max-pixels does not apply to the demo family: its processor resizes every image to one size; "
+        "reroute show: --max-pixels does not apply to the demo family: its protocol declares no pixel bounds for its processor; "
         "drop --max-pixels", ""
     ]
     assert main(["analyze", "--model-dir", str(model_dir), "--min-pixels", "1000", "--output", str(tmp_path / "a")]) == 2
     assert capsys.readouterr().err == (
-        "reroute analyze: --min-pixels does not apply to the demo family: its processor resizes every image to one size; "
+        "reroute analyze: --min-pixels does not apply to the demo family: its protocol declares no pixel bounds for its processor; "
         "drop --min-pixels\n"
     )
     assert not (tmp_path / "f.png").exists() and not (tmp_path / "a.md").exists()

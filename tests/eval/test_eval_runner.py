@@ -410,8 +410,8 @@ def test_pixel_bounds_are_the_runs_and_refused_where_the_family_has_none():
     assert pixel_bounds(run.protocol()) == (200704, 401408)
     assert (run.identity()["min_pixels"], run.identity()["max_pixels"]) == (200704, 401408)
     assert "min_pixels" not in EvalRun("r", None, "l", "llava").identity()  # LLaVA's run.json is as before
-    with pytest.raises(ValueError, match=r"^min_pixels does not apply to the llava family: its processor resizes "
-                       r"every image to one size; drop min_pixels$"):
+    with pytest.raises(ValueError, match=r"^min_pixels does not apply to the llava family: its protocol declares "
+                       r"no pixel bounds for its processor; drop min_pixels$"):
         EvalRun("r", None, "l", "llava", min_pixels=100)
     with pytest.raises(ValueError, match=r"^min_pixels 500000 and max_pixels 451584: give 0 < min_pixels <= max_pixels$"):
         EvalRun("r", None, "q", "qwen2_5_vl", min_pixels=500000)

@@ -285,8 +285,8 @@ def test_pixel_args_default_to_the_papers_and_are_refused_on_llava():
     llava = {"pretrained": "llava-hf/llava-1.5-7b-hf"}
     set_pixel_args(llava, "llava")
     assert llava == {"pretrained": "llava-hf/llava-1.5-7b-hf"}  # nothing added where the processor takes no bounds
-    with pytest.raises(ValueError, match=r"^max_pixels does not apply to the llava family: its processor resizes every "
-                       r"image to one size; drop max_pixels$"):
+    with pytest.raises(ValueError, match=r"^max_pixels does not apply to the llava family: its protocol declares no "
+                       r"pixel bounds for its processor; drop max_pixels$"):
         set_pixel_args({"max_pixels": 451584}, "llava")
     with pytest.raises(ValueError, match=r"^min_pixels 500000 and max_pixels 451584: give 0 < min_pixels <= max_pixels$"):
         set_pixel_args({"min_pixels": 500000}, "qwen2_5_vl")

@@ -158,7 +158,7 @@ def with_pixel_bounds(
     bounds = pixel_bounds(protocol)
     if bounds is None:
         raise ValueError(
-            f"{given} does not apply to the {protocol.name} family: its processor resizes every image to one size; drop {given}"
+            f"{given} does not apply to the {protocol.name} family: its protocol declares no pixel bounds for its processor; drop {given}"
         )
     low = bounds[0] if min_pixels is None else min_pixels
     high = bounds[1] if max_pixels is None else max_pixels
