@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.helpers.harness import decoder_inputs, reference_logits, routed, sample_injections, visual_mask
+from tests.helpers.harness import reference_logits, routed, visual_mask
+from tests.helpers.reference_decode import assert_reference_predicts
 from tests.helpers.batches import mixed_batch, mixed_prompts, single
 from tests.helpers.models import FAMILIES
-from tests.helpers.reference import reference_forward
 
 import reroute
 from reroute import RoutingConfig
@@ -155,33 +155,7 @@ def test_generate_equals_reference_decode(family, attn, name):
     new = 10
     with reroute.apply(model, config), torch.no_grad():
         ids = model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False)
-    prompt_length = inputs["input_ids"].shape[1]
-    extended = dict(inputs, input_ids=ids[:, :-1], attention_mask=torch.ones_like(ids[:, :-1]))
-    if "mm_token_type_ids" in inputs:
-        pad = torch.zeros(1, new - 1, dtype=torch.long)
-        extended["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], pad], dim=1)
-    visual = visual_mask(model, extended)[0].tolist()
-    text_model = model.model.language_model
-    # decisions from the prompt alone, then the whole sequence with those decisions
-    prompt_captured = decoder_inputs(model, inputs)
-    _, decisions = reference_forward(
-        text_model, _rope(prompt_captured, prompt_length), prompt_captured["inputs_embeds"][0], visual[:prompt_length], config,
-        injections=sample_injections(prompt_captured, 0, 0, prompt_length),
-    )
-    captured = decoder_inputs(model, extended)
-    hidden, _ = reference_forward(
-        text_model, _rope(captured, ids.shape[1] - 1), captured["inputs_embeds"][0], visual, config, decisions=decisions,
-        injections=sample_injections(captured, 0, 0, ids.shape[1] - 1),
-    )
-    predicted = model.lm_head(hidden).argmax(-1)
-    assert torch.equal(predicted[prompt_length - 1 :], ids[0, prompt_length:])
-
-
-def _rope(captured, length):
-    pos = captured.get("position_ids")
-    if pos is None:
-        return torch.arange(length)[None]
-    return pos[-3:] if pos.ndim == 3 else pos
+    assert_reference_predicts(model, config, inputs, ids)
 
 
 def test_sampling_generate_is_reproducible_and_uses_routing(family, model):

@@ -19,6 +19,7 @@ from tests.helpers.harness import decoder_inputs, sample_injections, visual_mask
 from tests.helpers.batches import mixed_batch, single
 from tests.helpers.models import LLAVA_IMAGE_TOKEN, llava_batch, llava_prompt, tiny_llava
 from tests.helpers.reference import reference_forward
+from tests.helpers.reference_decode import assert_reference_predicts, rope_positions
 
 import reroute
 from reroute import RoutingConfig
@@ -32,48 +33,6 @@ CONFIGS = {
     "reroute_stagewise": RoutingConfig("reroute", (1, 3, 4), (0.3, 0.5, 0.2)),
 }
 GREEDY = dict(do_sample=False, max_new_tokens=8, min_new_tokens=8)
-
-
-def _rope(captured, length):
-    pos = captured.get("position_ids")
-    if pos is None:
-        return torch.arange(length)[None]
-    return pos[-3:] if pos.ndim == 3 else pos
-
-
-@torch.no_grad()
-def reference_logits_for(model, config, inputs, ids):
-    """Reference logits at every position of ``ids[:, :-1]`` (one unpadded sample), with the
-    decisions the reference takes on the prompt alone; tokens after the prompt are text."""
-    prompt_length = inputs["input_ids"].shape[1]
-    extended = dict(inputs, input_ids=ids[:, :-1], attention_mask=torch.ones_like(ids[:, :-1]))
-    if "mm_token_type_ids" in inputs:
-        pad = torch.zeros(1, ids.shape[1] - 1 - prompt_length, dtype=torch.long)
-        extended["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], pad], dim=1)
-    visual = visual_mask(model, extended)[0].tolist()
-    visual[prompt_length - 1] = False  # the query token is never a candidate (docs/semantics.md)
-    visual[prompt_length:] = [False] * (len(visual) - prompt_length)
-    text_model = model.model.language_model
-    prompt = decoder_inputs(model, inputs)
-    _, decisions = reference_forward(
-        text_model, _rope(prompt, prompt_length), prompt["inputs_embeds"][0], visual[:prompt_length], config,
-        injections=sample_injections(prompt, 0, 0, prompt_length),
-    )
-    whole = decoder_inputs(model, extended)
-    hidden, _ = reference_forward(
-        text_model, _rope(whole, ids.shape[1] - 1), whole["inputs_embeds"][0], visual, config, decisions=decisions,
-        injections=sample_injections(whole, 0, 0, ids.shape[1] - 1),
-    )
-    return model.lm_head(hidden)
-
-
-def assert_reference_predicts(model, config, inputs, ids, given: range = range(0)):
-    """Greedy tokens after the prompt (but the positions in ``given``, text the user added) are the
-    reference's argmax at every step."""
-    prompt_length = inputs["input_ids"].shape[1]
-    predicted = reference_logits_for(model, config, inputs, ids).argmax(-1)
-    generated = [i for i in range(prompt_length, ids.shape[1]) if i not in given]
-    assert predicted[[i - 1 for i in generated]].tolist() == ids[0, generated].tolist()
 
 
 # ----------------------------------------------------------------------------- 1. use_cache=False
@@ -527,7 +486,7 @@ def test_hidden_states_and_attentions_equal_the_reference(family, name):
     hook = [a.self_attn.register_forward_hook(lambda m, i, o: weights.append(o[1][0])) for a in text_model.layers]
     try:
         final, decisions = reference_forward(
-            text_model, _rope(captured, length), captured["inputs_embeds"][0], visual, config, states=states,
+            text_model, rope_positions(captured, length), captured["inputs_embeds"][0], visual, config, states=states,
             injections=sample_injections(captured, 0, 0, length),
         )
     finally:

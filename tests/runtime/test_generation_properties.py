@@ -19,7 +19,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.helpers.models import FAMILIES
-from tests.runtime.test_generation_modes import REFUSALS, reference_logits_for
+from tests.helpers.reference_decode import reference_logits_for
+from tests.runtime.test_generation_modes import REFUSALS
 
 import reroute
 from reroute import RoutingConfig
