@@ -53,33 +53,33 @@ _HARNESS_ROUND = re.compile(r"\(\s*" + r",\s*".join([_HARNESS_NUMBER] * 4) + r"\
 #: four comma-separated pieces of the first "[...]" (or "[[...]]"), whatever they hold
 _INTERNVL = re.compile(r"\[*\[(.*?),(.*?),(.*?),(.*?)\]\]*")
 #: the box patterns each parser tries, in order (`reroute.backbones.evaluation.BOX_PARSERS`)
-_HARNESS_PATTERNS = {"bracketed": (_HARNESS_SQUARE, _HARNESS_ROUND), "square": (_HARNESS_SQUARE,), "internvl": ()}
+_HARNESS_PATTERNS = {
+    "bracketed": (_HARNESS_SQUARE, _HARNESS_ROUND),
+    "square": (_HARNESS_SQUARE,),
+    "internvl": (_INTERNVL,),
+}
 
 
 def internvl_parse(answer: str) -> Box | None:
     """The box InternVL's own RefCOCO evaluation reads from ``answer`` (``<box>[[x1, y1, x2, y2]]</box>``):
     the four pieces of its pattern's first match as Python floats, None where there is no match or a piece
     is no number (InternVL scores both as the box ``[0, 0, 0, 0]``, as the harness scores None)."""
-    match = _INTERNVL.search(answer or "")
-    if match is None:
-        return None
-    try:
-        return tuple(float(v) for v in match.groups())  # type: ignore[return-value]
-    except ValueError:
-        return None
+    return harness_parse(answer, "internvl")
 
 
 def harness_parse(answer: str, parser: str = "bracketed") -> Box | None:
     """The box the harness's ``parser`` finds in ``answer`` ("bracketed": square, else round brackets;
-    "square": square only; "internvl": `internvl_parse`), or None."""
+    "square": square only; "internvl": InternVL's pattern), or None: the first pattern that matches
+    gives the four values, and a value that is no number (only InternVL's pattern admits one) gives None."""
     if parser not in _HARNESS_PATTERNS:
         raise ValueError(f"unknown box parser {parser!r}; expected one of {', '.join(_HARNESS_PATTERNS)}")
-    if parser == "internvl":
-        return internvl_parse(answer)
     for pattern in _HARNESS_PATTERNS[parser]:
         match = pattern.search(answer or "")
         if match:
-            return tuple(float(v) for v in match.groups())  # type: ignore[return-value]
+            try:
+                return tuple(float(v) for v in match.groups())  # type: ignore[return-value]
+            except ValueError:
+                return None
     return None
 
 
