@@ -84,6 +84,8 @@ class RoutingConfig:
             ``"nuwa"``: Nüwa's stage 1). With a stage, ``N_vis`` above is the number of
             visual tokens the stage kept.
         vision_params: the vision stage's parameters (a mapping of numbers; stored sorted).
+        scorer_params: the scorer's parameters (a mapping of numbers, e.g. ``{"seed": 0}`` for
+            ``scorer="random"``; stored sorted). Each scorer lists the names it accepts.
     """
 
     action: str = "reroute"
@@ -93,6 +95,7 @@ class RoutingConfig:
     scorer: str = "last_token"
     vision_stage: str | None = None
     vision_params: tuple[tuple[str, float], ...] = ()
+    scorer_params: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         # Accept lists (JSON), numpy scalars and a single number, but store tuples of int / float so the
@@ -102,6 +105,9 @@ class RoutingConfig:
         params = self.vision_params
         items = params.items() if isinstance(params, Mapping) else params
         object.__setattr__(self, "vision_params", tuple(sorted((str(k), v) for k, v in items)))
+        params = self.scorer_params
+        items = params.items() if isinstance(params, Mapping) else params
+        object.__setattr__(self, "scorer_params", tuple(sorted((str(k), v) for k, v in items)))
         if self.action not in ACTION_REGISTRY:
             raise ValueError(f"action must be one of {ACTION_REGISTRY.names()}, got {self.action!r}")
         action = ACTION_REGISTRY.get(self.action)
@@ -115,7 +121,7 @@ class RoutingConfig:
                 f"execution={self.execution!r} applies to {which} only; "
                 f"use execution={action.executions[0]!r} with {self.action!r}"
             )
-        SCORERS.get(self.scorer)  # one-line error naming the registered scorers
+        SCORERS.get(self.scorer).check_params(dict(self.scorer_params))  # unknown names: one line listing them
         if self.vision_stage is not None:
             VISION_STAGES.get(self.vision_stage).check_params(dict(self.vision_params))
         elif self.vision_params:
@@ -156,6 +162,7 @@ class RoutingConfig:
             "scorer": self.scorer,
             "vision_stage": self.vision_stage,
             "vision_params": dict(self.vision_params),
+            "scorer_params": dict(self.scorer_params),
         }
 
     @classmethod
@@ -173,6 +180,11 @@ class RoutingConfig:
         if self.vision_stage is None:
             return {}
         return VISION_STAGES.get(self.vision_stage).resolved(dict(self.vision_params))
+
+    @property
+    def scorer_parameters(self) -> dict[str, float]:
+        """The scorer's parameters, defaults filled in."""
+        return SCORERS.get(self.scorer).resolved(dict(self.scorer_params))
 
     @property
     def num_decisions(self) -> int:

@@ -135,7 +135,8 @@ def test_summary_contents_and_cost_from_realised_counts(demo, demo_data, tmp_pat
     assert summary["run"] == "run" and summary["model"] == "demo" and summary["family"] == "demo"
     assert summary["config"] == {"action": "reroute", "decision_layers": list(config.decision_layers),
                                  "keep_ratios": list(config.keep_ratios), "execution": "stagewise",
-                                 "scorer": "last_token", "vision_stage": None, "vision_params": {}}
+                                 "scorer": "last_token", "vision_stage": None, "vision_params": {},
+                                 "scorer_params": {}}
     assert set(summary["versions"]) == {"reroute", "transformers", "torch"}
     task = summary["tasks"]["refcoco_val"]
     assert task["n"] == 6 and task["headline"] == "acc@0.5"

@@ -63,7 +63,7 @@ def test_config_round_trips_through_json(config):
     data = json.loads(json.dumps(config.to_dict()))
     assert RoutingConfig.from_dict(data) == config
     assert RoutingConfig.from_dict(data).to_dict() == config.to_dict()
-    assert set(data) == {"action", "decision_layers", "keep_ratios", "execution", "scorer", "vision_stage", "vision_params"}
+    assert set(data) == {"action", "decision_layers", "keep_ratios", "execution", "scorer", "vision_stage", "vision_params", "scorer_params"}
 
 
 def test_from_dict_refuses_unknown_fields_and_fills_defaults():

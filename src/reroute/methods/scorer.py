@@ -9,6 +9,7 @@ unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 
 import torch
 
@@ -29,6 +30,25 @@ class Scorer:
     attention_layer_offset: int = 0
     #: query rows the rule reads (for `reroute.budgets.cost`'s scoring FLOPs)
     query_rows: int = 1
+    #: True when the rule compares the states entering its layer with those entering the layer
+    #: before (``ScoringInputs.previous_hidden``); the engine keeps that copy only then
+    reads_previous_layer: bool = False
+    #: accepted parameters (``RoutingConfig.scorer_params``) and their defaults
+    params: Mapping[str, float] = {}
+
+    def check_params(self, params: Mapping[str, float]) -> None:
+        """Raise a one-line ValueError for an unknown or out-of-range parameter."""
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            accepted = ", ".join(sorted(self.params)) or "none"
+            raise ValueError(f"scorer {self.name!r} has no parameter {unknown[0]!r}: it accepts {accepted}")
+        for key, value in params.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"scorer parameter {key!r} must be a number, got {value!r}")
+
+    def resolved(self, params: Mapping[str, float]) -> dict[str, float]:
+        """``params`` with the defaults filled in."""
+        return {**self.params, **params}
 
     def score(self, inputs: ScoringInputs) -> torch.Tensor:
         """``(B, n)`` float scores, higher = more important (values on non-keys are ignored)."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -23,6 +24,9 @@ class RoutingPlan(Protocol):
     @property
     def num_decisions(self) -> int: ...
 
+    @property
+    def scorer_parameters(self) -> dict[str, float]: ...
+
     def keep_counts(self, num_visual: int) -> tuple[int, ...]: ...
 
     def stage_of_layer(self, layer: int) -> int: ...
@@ -38,6 +42,17 @@ class ScoringInputs:
     key_valid: ``(B, n)`` bool, the tokens that are keys (not padding, slack, or removed).
     query_index: ``(B,)`` index into ``n`` of each sample's last prompt token.
     apply_rotary: the family's ``apply_rotary_pos_emb(q, k, cos, sin)``.
+
+    The fields below let rules that are not one attention row decide (docs/semantics.md §19):
+    visual: ``(B, n)`` bool, the visual tokens among the ``n`` (text is ``key_valid & ~visual``).
+    candidates: ``(B, n)`` bool, the tokens this decision selects from (the action's candidates).
+    keep: ``(B,)`` long, how many candidates the decision keeps per sample.
+    decision: the index of the decision (0 for the first).
+    params: the scorer's parameters, defaults filled in (``RoutingConfig.scorer_params``).
+    previous_hidden: ``(B, n, D)`` the states that entered the layer *before* ``layer``, for the
+        same tokens, when the scorer asks for them (``Scorer.reads_previous_layer``); else None.
+    sample_length: ``(B,)`` long, each sample's prompt tokens that are not padding (a per-sample
+        quantity that does not depend on the batch the sample is in).
     """
 
     layer: nn.Module
@@ -47,6 +62,13 @@ class ScoringInputs:
     key_valid: torch.Tensor
     query_index: torch.Tensor
     apply_rotary: RotaryFn
+    visual: torch.Tensor | None = None
+    candidates: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
+    decision: int = 0
+    params: Mapping[str, float] = field(default_factory=dict)
+    previous_hidden: torch.Tensor | None = None
+    sample_length: torch.Tensor | None = None
 
 
 def select_top_k(scores: torch.Tensor, candidates: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -148,6 +148,10 @@ class RoutedDecoder:
         layer_stage: list[int] = []  # per layer, index into prompt_keys and layouts (-1: full prompt)
         prompt_keys: list[torch.Tensor] = []  # per compact stage, (B, n) valid keys of its caches
         layouts: list[Layout] = []  # per compact stage, the positions its layers run on
+        # A scorer that compares a layer's input with the previous layer's (V2Drop) gets a full-length
+        # copy of the states entering the layer before each of its score points.
+        previous_points = {i - 1 for i in score_points if i >= 1} if self.scorer.reads_previous_layer else set()
+        previous: torch.Tensor | None = None
         h = hidden
         if not bool(prompt.present[:, :length].all()):
             # The vision stage's removals act before layer 0: the first stage is already compact.
@@ -166,7 +170,11 @@ class RoutedDecoder:
                 elif not per_layer:
                     layout.scatter_(buffer, h)
                 stage = decisions[i]
-                scores = pending.pop(stage) if stage in pending else self._score(layer, h, layout, buffer, prompt, stage)
+                scores = (
+                    pending.pop(stage)
+                    if stage in pending
+                    else self._score(layer, h, layout, buffer, prompt, stage, previous)
+                )
                 visual_now = prompt.visual[:, :length]
                 active_now = layout.active() if layout is not None else torch.ones_like(visual_now)
                 candidates = self.action.candidates(visual_now, active_now)
@@ -195,8 +203,10 @@ class RoutedDecoder:
                     buffer = with_trash_row(h)
                 elif not per_layer:
                     layout.scatter_(buffer, h)
-                pending[score_points[i]] = self._score(layer, h, layout, buffer, prompt, score_points[i])
+                pending[score_points[i]] = self._score(layer, h, layout, buffer, prompt, score_points[i], previous)
 
+            if i in previous_points:
+                previous = with_trash_row(h) if layout is None else _current(buffer, layout, h, per_layer)
             layer_stage.append(-1 if layout is None else len(prompt_keys) - 1)
             h = self._run_layer(layer, h, mask, position_embeddings, position_ids, cache, use_cache, kwargs)
             if injections is not None and i < len(injections.after_layer):
@@ -255,7 +265,9 @@ class RoutedDecoder:
             keep=keep,
         )
 
-    def _score(self, layer, h, layout: Layout | None, buffer, prompt: _Prompt, stage: int) -> torch.Tensor | None:
+    def _score(
+        self, layer, h, layout: Layout | None, buffer, prompt: _Prompt, stage: int, previous: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """``(B, L)`` scores of decision ``stage`` from ``layer``'s attention on its input (docs/semantics.md §2, §3);
         ``None`` when the decision keeps every candidate (nothing to score).
 
@@ -283,7 +295,24 @@ class RoutedDecoder:
             cos_v, sin_v = prompt.cos[:, :length], prompt.sin[:, :length]
             key_valid = prompt.pad_valid[:, :length] & keys
         query_index = (view == prompt.query_position[:, None]).int().argmax(dim=1)
-        inputs = ScoringInputs(layer, hidden_v, cos_v, sin_v, key_valid, query_index, self.backbone.apply_rotary)
+        # ``view`` indexes the full-length (trash-row) tensors, so every per-token field is one gather
+        in_view = prompt.visual.gather(1, view)
+        inputs = ScoringInputs(
+            layer,
+            hidden_v,
+            cos_v,
+            sin_v,
+            key_valid,
+            query_index,
+            self.backbone.apply_rotary,
+            visual=in_view & key_valid,
+            candidates=with_trash_row(candidates).gather(1, view) & key_valid,
+            keep=prompt.keep[stage],
+            decision=stage,
+            params=self.config.scorer_parameters,
+            previous_hidden=None if previous is None else previous.gather(1, view[..., None].expand(*view.shape, previous.shape[-1])),
+            sample_length=prompt.pad_valid[:, :length].sum(dim=1),
+        )
         scores_view = self.scorer.score(inputs).float()
         scores = torch.full((h.shape[0], length + 1), float("-inf"), device=h.device)
         scores.scatter_(1, view, scores_view)  # slack lands on the trash column
@@ -357,6 +386,14 @@ class RoutedDecoder:
             mask = stock_mask if stage < 0 else stage_masks[stage]
             h = self._run_layer(layer, h, mask, position_embeddings, positions.text, cache, use_cache, kwargs)
         return self.norm(h)
+
+
+def _current(buffer: torch.Tensor, layout: Layout, h: torch.Tensor, per_layer: bool) -> torch.Tensor:
+    """A full-length copy of every token's latest state (``buffer`` with the compact ``h`` written in)."""
+    current = buffer.clone()
+    if not per_layer:  # per-layer execution keeps the buffer current itself
+        layout.scatter_(current, h)
+    return current
 
 
 def _inject(h: torch.Tensor, layout: Layout | None, visual: torch.Tensor, added: torch.Tensor) -> torch.Tensor:
