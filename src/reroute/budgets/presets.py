@@ -33,6 +33,7 @@ class PresetSpec:
     shape: the schedule shape the solver keeps (`reroute.budgets.shapes`).
     paper_ratios: tier -> the published keep ratios.
     counterpart: for a removal preset, the rerouted preset at the same budget (or None).
+    scorer: the registered scoring rule of its decisions; scorer_params: that rule's parameters.
     """
 
     name: str
@@ -42,6 +43,8 @@ class PresetSpec:
     paper_ratios: dict[int, tuple[float, ...]] = field(default_factory=dict)
     counterpart: str | None = None
     reference_depth: int = REFERENCE_NUM_LAYERS
+    scorer: str = "last_token"
+    scorer_params: tuple[tuple[str, float], ...] = ()
 
     def build(self, tier: float, model: Any, depth: int, ratios: Ratios, num_visual: int) -> RoutingConfig:
         """The config at ``tier`` on a decoder of ``depth`` layers (``model``: what `preset` was given)."""
@@ -58,7 +61,9 @@ class PresetSpec:
             keep = solve(self.shape, layers, depth, target_avg_t=tier, num_visual=num_visual).keep_ratios
         else:
             raise ValueError(f"ratios must be 'solved' or 'paper', got {ratios!r}")
-        return RoutingConfig(action=self.action, decision_layers=layers, keep_ratios=keep)
+        return RoutingConfig(
+            action=self.action, decision_layers=layers, keep_ratios=keep, scorer=self.scorer, scorer_params=self.scorer_params
+        )
 
     def refusal(self, model: Any) -> str | None:
         """Why this preset cannot run on ``model`` (a model, config or layer count), or None."""
