@@ -91,7 +91,9 @@ def recorder(monkeypatch):
 PAPER_BOUNDS = {"min_pixels": 200704, "max_pixels": 451584}
 DEFAULT_PIXELS = {
     "reroute_llava_hf": {}, "reroute_qwen2_vl": PAPER_BOUNDS, "reroute_qwen2_5_vl": PAPER_BOUNDS,
-    "reroute_qwen3_vl": {}, "reroute_internvl_hf": {}, "reroute_mistral3_vl": {},
+    # Qwen3-VL: the paper's 256..576 tokens at its 32-px tokens (docs/semantics.md §9)
+    "reroute_qwen3_vl": {"min_pixels": 262144, "max_pixels": 589824}, "reroute_internvl_hf": {},
+    "reroute_mistral3_vl": {},
 }
 
 

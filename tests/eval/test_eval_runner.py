@@ -406,6 +406,35 @@ def test_qwen_default_resolution_is_the_papers():
         assert tokens <= 576
 
 
+#: Qwen3-VL (32-px tokens): at its default bounds (256 to 576 tokens, docs/semantics.md §9), and at the
+#: checkpoint's 65,536 to 16,777,216 pixels (by hand: smart_resize to multiples of 32, then (w / 32) x (h / 32))
+QWEN3_TOKENS = {(300, 200): 280, (500, 375): 266, (640, 480): 300, (2000, 1500): 540}
+QWEN3_CHECKPOINT_TOKENS = {(300, 200): 70, (500, 375): 192, (640, 480): 300, (2000, 1500): 2914}
+
+
+def test_qwen3_default_resolution_gives_the_papers_token_range():
+    """Qwen3-VL's protocol at default flags: the paper's 256..576 tokens per image at 16-px patches merged 2 x 2."""
+    from transformers import Qwen2VLImageProcessorPil
+    from tests.helpers.eval_processors import IMAGE, tiny_qwen_vl_processor
+
+    from reroute.backbones.qwen3_vl import QWEN3_VL
+
+    processor = tiny_qwen_vl_processor("qwen3_vl")
+    # Qwen3-VL-8B-Instruct's preprocessor_config.json: 16-px patches, 65,536 to 16,777,216 pixels
+    processor.image_processor = Qwen2VLImageProcessorPil(
+        patch_size=16, temporal_patch_size=2, merge_size=2, size={"shortest_edge": 65536, "longest_edge": 16777216}
+    )
+    run = EvalRun("r", None, "q", "qwen3_vl")
+    assert (run.identity()["min_pixels"], run.identity()["max_pixels"]) == (262144, 589824)
+    checkpoint = dataclasses.replace(QWEN3_VL, processor_kwargs={})
+    for (width, height), tokens in QWEN3_TOKENS.items():
+        image = Image.new("RGB", (width, height), (90, 120, 30))
+        for protocol, expected in ((run.protocol(), tokens), (checkpoint, QWEN3_CHECKPOINT_TOKENS[width, height])):
+            encoded = protocol.encode(processor, [protocol.prompt(processor, "w9", 1)], [[image]])
+            assert int((encoded.inputs["input_ids"] == IMAGE).sum()) == expected, (width, height)
+        assert 256 <= tokens <= 576
+
+
 def test_pixel_bounds_are_the_runs_and_refused_where_the_family_has_none():
     run = EvalRun("r", None, "q", "qwen2_5_vl", max_pixels=200704 * 2)
     assert pixel_bounds(run.protocol()) == (200704, 401408)

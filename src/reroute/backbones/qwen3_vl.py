@@ -26,13 +26,19 @@ from reroute.backbones.qwen2_vl import QwenVLLayout
 from reroute.runtime.adapter import LayerInjections
 from reroute.runtime.compat import apply_rotary_pos_emb
 
-#: the paper's Qwen3-VL protocol (run_eval.py MODEL_PRESETS): the Qwen grounding prompt, boxes on 0-1000
+#: Qwen3-VL's visual token covers 32 x 32 pixels (16-px patches merged 2 x 2; Qwen2.5-VL's covers 28 x 28)
+QWEN3_TOKEN_PIXELS = 32 * 32
+
+#: the paper's Qwen3-VL protocol (run_eval.py MODEL_PRESETS): the Qwen grounding prompt, boxes on 0-1000.
+#: The paper fixes no Qwen3-VL resolution; ours carries its iso-576-token convention over to Qwen3-VL's
+#: token size: 256 to 576 visual tokens per image, as Qwen2.5-VL at the paper's bounds (docs/semantics.md §9).
 QWEN3_VL = EvalProtocol(
     name="qwen3_vl",
     conversation=chat_template_conversation("Qwen3-VL"),
     grounding_prompt=QWEN_GROUNDING_PROMPT,
     resized_frames=grid_thw_frames,
     box_format="per_mille",
+    processor_kwargs={"size": {"shortest_edge": 256 * QWEN3_TOKEN_PIXELS, "longest_edge": 576 * QWEN3_TOKEN_PIXELS}},
 )
 
 
