@@ -78,10 +78,10 @@ def add_pixel_arguments(parser: argparse.ArgumentParser) -> None:
     """``--min-pixels`` / ``--max-pixels``: the processor's bounds on an image's pixel count."""
     parser.add_argument("--min-pixels", type=int, default=None,
                         help="fewest pixels an image is resized to, where the family's processor takes bounds "
-                        "(Qwen-VL; default: the family's, the paper's: 200704 on Qwen2.5-VL)")
+                        "(Qwen-VL; default: the family's, the paper's: 200704 on Qwen2.5-VL, 262144 on Qwen3-VL)")
     parser.add_argument("--max-pixels", type=int, default=None,
                         help="most pixels an image is resized to (default: the family's, the paper's: 451584 on "
-                        "Qwen2.5-VL, at most 576 visual tokens per image)")
+                        "Qwen2.5-VL, 589824 on Qwen3-VL: at most 576 visual tokens per image)")
 
 
 def family_protocol(model: Any, processor: Any, args: argparse.Namespace) -> Any:
