@@ -45,7 +45,8 @@ MODELS = {
     # the tiny 4-px patches: the family's default bounds (the paper's, for 14-px patches) would give thousands
     "qwen2_vl": ("qwen2_vl", lambda: tiny_qwen("qwen2_vl", num_layers=6), lambda: tiny_qwen_vl_processor("qwen2_vl"),
                  ("--min-pixels", "64", "--max-pixels", "1024")),
-    "qwen3_vl": ("qwen3_vl", lambda: tiny_qwen3_vl(num_layers=6), lambda: tiny_qwen_vl_processor("qwen3_vl"), ()),
+    "qwen3_vl": ("qwen3_vl", lambda: tiny_qwen3_vl(num_layers=6), lambda: tiny_qwen_vl_processor("qwen3_vl"),
+                 ("--min-pixels", "64", "--max-pixels", "1024")),
     "internvl": ("internvl", lambda: tiny_internvl(num_layers=6), tiny_internvl_processor, ()),
 }
 
@@ -78,7 +79,7 @@ def test_reroute_eval_runs_every_newer_family(name, data_dir, tmp_path, monkeypa
     summary = json.loads((run_dir / "summary.json").read_text())
     assert sorted(summary["tasks"]) == sorted(TASKS)
     protocol = Family(family).protocol
-    if flags:  # the run's pixel bounds (Qwen2-VL), as run.json states them
+    if flags:  # the run's pixel bounds (Qwen2-VL, Qwen3-VL), as run.json states them
         assert (run["min_pixels"], run["max_pixels"]) == (64, 1024)
         protocol = eval_setup.with_pixel_bounds(protocol, 64, 1024)
     for task_name in TASKS:
