@@ -8,11 +8,12 @@ import sys
 
 import pytest
 
-from reroute.budgets import PAPER_TIERS, avg_t, preset_names
+from reroute.budgets import PAPER_TIERS, avg_t, counterparts, preset_names
 from reroute.cli import main
-from reroute.demo.run import format_table, reroute_vs_remove, run_demo, wilson
+from reroute.demo.run import PAPER_METHODS, format_table, reroute_vs_remove, resolve_methods, run_demo, wilson
 
-METHODS = preset_names()
+#: the presets the default run evaluates: the paper's methods and their counterparts
+METHODS = [m for m in preset_names() if m in PAPER_METHODS or m in {counterparts()[p] for p in PAPER_METHODS}]
 
 
 def test_demo_smoke_run_writes_a_well_formed_table(model_dir, tmp_path):
@@ -62,3 +63,23 @@ def test_demo_command_prints_its_table_before_the_figure(matplotlib, model_dir, 
         assert (out / "decisions.png").stat().st_size > 10_000
         assert hint not in printed and table in printed
         assert printed.index(table) < printed.index(f"wrote {out}/results.json, results.md, decisions.png\n")
+
+
+def test_methods_choose_pairs_and_refuse_what_is_not_a_method(model_dir, tmp_path, capsys):
+    assert resolve_methods(None) == ("fastv", "pdrop", "nuwa")
+    assert resolve_methods(["all"]) == tuple(counterparts())
+    assert resolve_methods(["pdrop", "fastv", "pdrop"]) == ("pdrop", "fastv")
+    rows = run_demo(model_dir, num_samples=2, batch_size=2, output=None, progress=False, methods=["fastv"])
+    assert [r.method for r in rows] == ["vanilla"] + ["fastv", "reroute_vs_fastv"] * len(PAPER_TIERS)
+    assert len(reroute_vs_remove(rows)) == len(PAPER_TIERS)
+    pairs = ", ".join(counterparts())
+    capsys.readouterr()  # the run above's progress output
+    for flag, message in (
+        ("magic", f"unknown method 'magic': use one of {pairs}, or all"),
+        ("reroute_vs_fastv", "'reroute_vs_fastv' is fastv's rerouted counterpart: name 'fastv'"),
+        (",", f"no method given: use one of {pairs}, or all"),
+    ):
+        out = tmp_path / flag.replace(",", "comma")
+        assert main(["demo", "--model-dir", str(model_dir), "--methods", flag, "--output", str(out)]) == 2
+        assert capsys.readouterr().err == f"reroute demo: --methods: {message}\n"
+        assert not out.exists()  # refused before anything ran

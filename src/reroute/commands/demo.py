@@ -1,4 +1,4 @@
-"""`reroute demo`: the main job: the bundled model under vanilla and every preset at three tiers.
+"""`reroute demo`: the main job: the bundled model under vanilla and each method's presets at three tiers.
 
 Until the bundled model is installed (src/reroute/demo/model/) it runs the quickstart on a
 tiny random LLaVA instead, and says so.
@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=int, default=200, help="held-out samples to evaluate (default 200)")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--model-dir", default=None, help="a saved demo model (default: the bundled one)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated removal presets, each run with its rerouted counterpart, or 'all' "
+                        "(default: the paper's: fastv,pdrop,nuwa)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-figure", action="store_true",
                         help="skip the decisions figure (drawn only when matplotlib, the 'viz' extra, is installed)")
@@ -27,8 +30,13 @@ def run(args: argparse.Namespace) -> int:
 
     from reroute.demo.modeling import MODEL_DIR
 
+    from reroute.demo.run import resolve_methods
     from reroute.errors import UserError
 
+    try:  # checked first: a wrong name fails before anything loads
+        methods = resolve_methods(None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()])
+    except ValueError as error:
+        raise UserError(f"--methods: {error}") from None
     model_dir = args.model_dir or MODEL_DIR
     if not (MODEL_DIR / "config.json").exists() and args.model_dir is None:
         from reroute.demo.quickstart import run_quickstart
@@ -49,11 +57,12 @@ def run(args: argparse.Namespace) -> int:
     from reroute.commands.extras import install_hint, missing_modules
     from reroute.demo.run import evaluate_demo, format_table, reroute_vs_remove, write_figure, write_results
 
+
     if args.threads:
         torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    demo = evaluate_demo(model_dir, args.num_samples, args.batch_size)
+    demo = evaluate_demo(model_dir, args.num_samples, args.batch_size, methods=methods)
     # The results first, the figure last: a missing or failing matplotlib loses none of the evaluation.
     write_results(demo, args.output)
     print()

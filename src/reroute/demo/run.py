@@ -1,4 +1,4 @@
-"""`reroute demo`: the bundled model on a held-out set, vanilla vs every preset at three tiers.
+"""`reroute demo`: the bundled model on a held-out set, vanilla vs each method's pair of presets at three tiers.
 
 One table: grounding Acc@0.5 and VQA accuracy (with 95 % Wilson intervals), realised avg_T,
 decoder FLOPs and KV-cache bytes relative to vanilla, and prefill time. Tiers are the
@@ -66,14 +66,46 @@ class Row:
     prefill_ms: float
 
 
-def demo_configs(model, num_visual: int) -> list[tuple[str, int | None, int | None, RoutingConfig | None]]:
-    """(method, tier, paper tier, config): vanilla, then every registered preset at every scaled tier."""
+#: the methods the Reroute paper compares (each a removal preset, run with its rerouted counterpart)
+PAPER_METHODS: tuple[str, ...] = ("fastv", "pdrop", "nuwa")
+
+
+def resolve_methods(methods: Sequence[str] | None) -> tuple[str, ...]:
+    """The removal presets to run (``None``: the paper's; ``["all"]``: every registered pair), checked.
+
+    A method is a removal preset that names a rerouted counterpart (`reroute.budgets.counterparts`);
+    anything else is a one-line ValueError naming the choices."""
+    pairs = counterparts()
+    if methods is None:
+        return PAPER_METHODS
+    if list(methods) == ["all"]:
+        return tuple(pairs)
+    chosen = tuple(dict.fromkeys(methods))
+    removal_of = {ours: base for base, ours in pairs.items()}
+    for method in chosen:
+        if method in removal_of:  # a rerouted preset: its pair is named by the removal preset
+            raise ValueError(f"{method!r} is {removal_of[method]}'s rerouted counterpart: name {removal_of[method]!r}")
+        if method not in pairs:
+            raise ValueError(f"unknown method {method!r}: use one of {', '.join(pairs)}, or all")
+    if not chosen:
+        raise ValueError(f"no method given: use one of {', '.join(pairs)}, or all")
+    return chosen
+
+
+def demo_configs(
+    model, num_visual: int, methods: Sequence[str] = PAPER_METHODS
+) -> list[tuple[str, int | None, int | None, RoutingConfig | None]]:
+    """(method, tier, paper tier, config): vanilla, then each of ``methods`` (removal presets) and its
+    rerouted counterpart at every scaled tier, in the presets' registration order."""
+    pairs = counterparts()
+    chosen = {name for method in methods for name in (method, pairs[method])}
     configs: list[tuple[str, int | None, int | None, RoutingConfig | None]] = [("vanilla", None, None, None)]
     for paper_tier in PAPER_TIERS:
         tier = paper_tier * num_visual / REFERENCE_NUM_VISUAL
         for method in preset_names():
-            config = reroute.preset(method, tier=tier, model=model, num_visual=num_visual)
-            configs.append((method, round(tier, 1), paper_tier, config))
+            if method in chosen:
+                config = reroute.preset(method, tier=tier, model=model, num_visual=num_visual)
+                configs.append((method, round(tier, 1), paper_tier, config))
     return configs
 
 
@@ -136,15 +168,21 @@ class DemoRun:
 
 
 def evaluate_demo(
-    model_dir: str | Path | None = None, num_samples: int = 300, batch_size: int = 50, progress: bool = True
+    model_dir: str | Path | None = None,
+    num_samples: int = 300,
+    batch_size: int = 50,
+    progress: bool = True,
+    methods: Sequence[str] | None = None,
 ) -> DemoRun:
-    """Evaluate the bundled model (or ``model_dir``) under vanilla and every preset at every tier."""
+    """Evaluate the bundled model (or ``model_dir``) under vanilla and each method's pair at every tier
+    (``methods``: removal presets, see `resolve_methods`; default the paper's)."""
+    methods = resolve_methods(methods)
     model, processor = modeling.load_model(model_dir)
     samples = synthetic.make_dataset(num_samples, seed=EVAL_SEED, split=EVAL_SPLIT)
     probe = _encode(processor, samples[: min(batch_size, len(samples))])
     num_visual = int((probe["input_ids"][0] == model.config.image_token_id).sum())
     num_text = int(probe["attention_mask"][0].sum()) - num_visual
-    configs = demo_configs(model, num_visual)
+    configs = demo_configs(model, num_visual, methods)
 
     rows, runs = [], {}
     bar = tqdm(total=len(configs) * len(samples), desc="reroute demo", unit="sample", disable=not progress)
@@ -176,7 +214,8 @@ def evaluate_demo(
     bar.close()
 
     model_name = "bundled demo model" if model_dir is None or Path(model_dir) == modeling.MODEL_DIR else str(model_dir)
-    meta = {"model": model_name, "num_samples": len(samples), "num_visual": num_visual, "num_text": num_text,
+    meta = {"model": model_name, "methods": list(methods), "num_samples": len(samples), "num_visual": num_visual,
+            "num_text": num_text,
             "num_layers": model.config.text_config.num_hidden_layers, "summary": summarize(runs[("vanilla", None)])}
     return DemoRun(rows, meta, samples, runs, model, processor)
 
@@ -201,11 +240,12 @@ def run_demo(
     output: str | Path | None = "outputs/demo",
     figure: bool = True,
     progress: bool = True,
+    methods: Sequence[str] | None = None,
 ) -> list[Row]:
     """Evaluate the bundled model; write ``results.json``, ``results.md`` and ``decisions.png`` to ``output``.
 
     The results are written before the figure is drawn, so a missing matplotlib loses no work."""
-    run = evaluate_demo(model_dir, num_samples, batch_size, progress)
+    run = evaluate_demo(model_dir, num_samples, batch_size, progress, methods)
     if output is not None:
         write_results(run, output)
         if figure:
@@ -241,13 +281,16 @@ def reroute_vs_remove(rows: Sequence[Row]) -> list[str]:
     lines = []
     for tier in PAPER_TIERS:
         for base, ours in counterparts().items():
+            if (base, tier) not in by_key:  # a method the run did not choose
+                continue
             a, b = by_key[(ours, tier)].grounding, by_key[(base, tier)].grounding
             lines.append(f"tier {tier}: {ours} {a.value:.3f} vs {base} {b.value:.3f} ({a.value - b.value:+.3f})")
     return lines
 
 
 def _figure(samples, runs, rows, processor, model, path: Path) -> None:
-    """One grounding example at the lowest tier: remove (PDrop) vs reroute, preferring one they disagree on.
+    """One grounding example at the lowest tier: remove vs reroute (PDrop's pair, else the first pair the
+    run has), preferring one they disagree on.
 
     The example is run again alone, scores recorded: a sample's decisions do not depend on its
     batch (tested), and alone its trace positions need no padding offset.
@@ -257,8 +300,11 @@ def _figure(samples, runs, rows, processor, model, path: Path) -> None:
 
     tier = PAPER_TIERS[-1]
     configs = {r.method: r.config for r in rows if r.paper_tier == tier}
-    remove_preds = runs[("pdrop", tier)]
-    reroute_preds = runs[("reroute_vs_pdrop", tier)]
+    ran = [base for base in counterparts() if base in configs]
+    base = "pdrop" if "pdrop" in ran else ran[0]
+    ours = counterparts()[base]
+    remove_preds = runs[(base, tier)]
+    reroute_preds = runs[(ours, tier)]
     candidates = [i for i, s in enumerate(samples) if s.kind == "grounding"]
     disagree = [i for i in candidates if reroute_preds[i]["correct"] and not remove_preds[i]["correct"]]
     index = (disagree or candidates)[0]
@@ -270,12 +316,12 @@ def _figure(samples, runs, rows, processor, model, path: Path) -> None:
         return None if box is None else grids[0].frame_to_image(tuple(box), (1.0, 1.0))
 
     views = []
-    for name, preds in (("pdrop", remove_preds), ("reroute_vs_pdrop", reroute_preds)):
+    for name, preds in ((base, remove_preds), (ours, reroute_preds)):
         with reroute.apply(model, configs[name], record_scores=True) as handle, torch.no_grad():
             model(**inputs)
         name = f"{configs[name].action} ({name})"
         views.append(RunView.from_trace(handle.trace, name=name, answer_box=pixels(preds[index].get("pred_box"))))
-    title = f"{sample.question}\nremove (pdrop) vs reroute (reroute_vs_pdrop), tier {tier}"
+    title = f"{sample.question}\nremove ({base}) vs reroute ({ours}), tier {tier}"
     width, height = sample.image.size
     target = (sample.box[0] * width, sample.box[1] * height, sample.box[2] * width, sample.box[3] * height)
     plot_decisions([sample.image], views, grids, title=title, target_box=target, path=str(path))
