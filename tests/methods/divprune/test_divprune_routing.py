@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from tests.helpers.harness import routed
 from tests.helpers.models import llava_batch, llava_prompt, qwen_batch, qwen_prompt, tiny_llava, tiny_qwen
 from tests.helpers.models_more import tiny_llava_next, tiny_qwen3_vl
 from tests.helpers.vision_stage_checks import (
@@ -122,18 +123,12 @@ def test_counts_per_layer_and_the_same_budget(family):
     counts = {}
     for name in ("divprune", "divprune_reroute"):
         config = config_of(model, name)
-        _, trace = routed_trace(model, config, inputs)
+        _, trace = routed(model, config, inputs)
         report = reroute.cost(config, model, num_visual=PER_IMAGE, num_text=inputs["input_ids"].shape[1] - PER_IMAGE)
         assert trace[0].visual_per_layer == report.visual_per_layer
         assert avg_t(config, 6, PER_IMAGE) == pytest.approx(6.0, abs=1e-9)
         counts[name] = sum(trace[0].visual_per_layer) / 6
     assert counts["divprune"] == 6.0 and abs(counts["divprune_reroute"] - 6.0) <= 1.0
-
-
-def routed_trace(model, config, inputs):
-    from tests.helpers.harness import routed
-
-    return routed(model, config, inputs)
 
 
 @pytest.mark.parametrize("tier", [192, 128, 64])
