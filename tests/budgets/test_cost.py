@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from transformers import LlamaConfig, LlavaConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from reroute.bench import output_cache
-from reroute.budgets import preset
+from reroute.budgets import preset, preset_names
 from reroute.cli import main
 from reroute.config import RoutingConfig
 from reroute.budgets.cost import DecoderDims, cost, decoder_dims, exact_layer_flops, paper_layer_flops
@@ -241,8 +241,9 @@ def test_cli_table_llava(capsys, tmp_path):
     rvp_64 = next(r for r in rows if r[:2] == ["reroute_vs_pdrop", "64"])
     assert rvp_64[4] == "84.2"
     data = json.loads(path.read_text())
-    assert len(data) == 19 and data[0]["preset"] == "vanilla"  # vanilla, 4 presets and nuwa, nuwa_reroute x 3 tiers
-    assert [d["preset"] for d in data[13:]] == ["nuwa"] * 3 + ["nuwa_reroute"] * 3
+    # vanilla, then every preset the family allows x 3 tiers (4 presets, nuwa, nuwa_reroute first)
+    assert len(data) == 1 + 3 * len(preset_names()) and data[0]["preset"] == "vanilla"
+    assert [d["preset"] for d in data[13:19]] == ["nuwa"] * 3 + ["nuwa_reroute"] * 3
     assert [d["avg_t"] for d in data[13:16]] == [192.0, 128.0, 64.0]
     assert data[0]["preset"] == "vanilla" and data[0]["flops_paper_ratio"] == 1.0
     assert data[4]["config"]["keep_ratios"] == [0.5965, 0.3558, 0.2123, 0.1266]

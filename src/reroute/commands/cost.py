@@ -111,12 +111,13 @@ def rows(config, ratios: str, num_visual: int, num_text: int) -> list[Row]:
 
 
 def _ratios(config) -> str:
-    """Keep ratios; after a vision stage, its kept fraction and per-cell count first (``K0.1944,n1|0.1429``)."""
+    """Keep ratios; after a vision stage, its kept fraction and (Nüwa) per-cell count first (``K0.1944,n1|0.1429``)."""
     ratios = ",".join(f"{x:.4g}" for x in config.keep_ratios)
     if config.vision_stage is None:
         return ratios
     p = config.vision_parameters
-    return f"K{p['keep_fraction']:.4g},n{p['per_cell']}|{ratios}"
+    cell = f",n{p['per_cell']}" if "per_cell" in p else ""
+    return f"K{p['keep_fraction']:.4g}{cell}|{ratios}"
 
 
 def format_table(table: list[Row]) -> str:

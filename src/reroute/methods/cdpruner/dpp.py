@@ -1,0 +1,54 @@
+"""CDPruner's selection (docs/semantics.md §22): a conditional determinantal point process over one image's tokens.
+
+The kernel weighs each pair's similarity by both tokens' relevance to the instruction,
+``L_ij = r_i * cos(x_i, x_j) * r_j`` (``x`` the projected tokens). Relevance, as CDPruner's LLaVA
+code computes it: ``r_i`` is minus the mean over the instruction's text embeddings ``t_m`` of
+``cos(v_i, t_m)`` (``v`` the tokens in CLIP's joint space), min-max normalised to ``(0, 1]`` with
+``1e-6`` added. The subset is the greedy MAP of the DPP (fast Cholesky updates): pick the token of
+largest remaining gain ``d_j^2``, update every gain, never pick a token twice. Float32 throughout.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def instruction_relevance(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` float32 relevance of ``N`` tokens (``image_embeds`` ``(N, C)``) to ``M`` text embeddings ``(M, C)``."""
+    v = image_embeds.float()
+    t = text_embeds.float()
+    v = v / v.norm(dim=-1, keepdim=True)
+    t = t / t.norm(dim=-1, keepdim=True)
+    relevance = -(v @ t.t()).mean(dim=-1)
+    return (relevance - relevance.min() + 1e-6) / (relevance.max() - relevance.min())
+
+
+def conditional_kernel(tokens: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """``(N, N)`` float32 ``r_i cos(x_i, x_j) r_j`` of the rows of ``tokens`` ``(N, D)``."""
+    x = tokens / tokens.norm(dim=-1, keepdim=True)
+    x = x.float()
+    return relevance[:, None] * (x @ x.t()) * relevance[None, :]
+
+
+def dpp_select(kernel: torch.Tensor, count: int) -> torch.Tensor:
+    """``(count,)`` long: the greedy MAP picks of the DPP with ``kernel`` ``(N, N)``, in pick order (ties: lower index)."""
+    num_tokens = kernel.shape[0]
+    if not 1 <= count <= num_tokens:
+        raise ValueError(f"CDPruner keeps 1..{num_tokens} of {num_tokens} tokens, got {count}")
+    factors = torch.zeros(count, num_tokens, dtype=torch.float32, device=kernel.device)
+    gains = torch.diagonal(kernel).clone().float()
+    picks = torch.empty(count, dtype=torch.long, device=kernel.device)
+    for i in range(count):
+        j = torch.argmax(gains)
+        picks[i] = j
+        row = (kernel[j] - factors[:i, j] @ factors[:i]) / torch.sqrt(gains[j])
+        factors[i] = row
+        gains -= row.square()
+        gains[j] = float("-inf")
+    return picks
+
+
+def cdpruner_select(tokens: torch.Tensor, image_embeds: torch.Tensor, text_embeds: torch.Tensor, count: int) -> torch.Tensor:
+    """``(count,)`` long, ascending: the tokens CDPruner keeps of one image (``tokens`` the projected ``(N, D)``)."""
+    kernel = conditional_kernel(tokens, instruction_relevance(image_embeds, text_embeds))
+    return torch.sort(dpp_select(kernel, count)).values

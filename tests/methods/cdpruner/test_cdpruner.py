@@ -1,0 +1,49 @@
+"""CDPruner's selection against the official code (official.py: Theia-4869/CDPruner at 9541616), and the
+stage's one-line refusal (docs/semantics.md §22)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from tests.helpers.models import tiny_llava
+from tests.methods.cdpruner.official import official_encode
+
+import reroute
+from reroute import RoutingConfig
+from reroute.methods.cdpruner import cdpruner_select, dpp_select
+from reroute.methods.cdpruner.parts import REFUSAL
+
+
+# (tokens N, kept T, text segments M): LLaVA-1.5's 576 at the tiers, and small shapes
+@pytest.mark.parametrize("num_tokens, kept, segments", [(576, 192, 1), (576, 128, 2), (576, 64, 1), (36, 9, 3), (16, 16, 1)])
+def test_picks_equal_the_official_code(num_tokens, kept, segments):
+    g = torch.Generator().manual_seed(num_tokens + kept)
+    torch.manual_seed(num_tokens)
+    # wider than the tokens, as LLaVA's 4096 > 576: the kernel has full rank, every gain stays positive
+    width = num_tokens + 64
+    projector = torch.nn.Sequential(torch.nn.Linear(24, width), torch.nn.GELU(), torch.nn.Linear(width, width))
+    for _ in range(4):
+        features = torch.randn(1, num_tokens, 24, generator=g)
+        image_embeds, text_embeds = torch.randn(1, num_tokens, 16, generator=g), torch.randn(segments, 16, generator=g)
+        with torch.no_grad():
+            projected, mask = official_encode(features, image_embeds, text_embeds, projector, kept)
+            ours = cdpruner_select(projected[0], image_embeds[0], text_embeds, kept)
+        assert ours.tolist() == torch.nonzero(mask[0]).flatten().tolist()
+
+
+def test_a_pick_never_returns_and_counts_are_checked():
+    kernel = torch.eye(3)
+    assert sorted(dpp_select(kernel, 3).tolist()) == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"^CDPruner keeps 1..3 of 3 tokens, got 4$"):
+        dpp_select(kernel, 4)
+
+
+def test_the_stage_refuses_in_one_line():
+    model = tiny_llava()
+    config = RoutingConfig(action="remove", decision_layers=(5,), keep_ratios=(1.0,), vision_stage="cdpruner")
+    with pytest.raises(ValueError, match=f"^{re.escape(REFUSAL)}$"):
+        reroute.apply(model, config)
+    assert "forward" not in model.__dict__
+    assert "\n" not in REFUSAL
