@@ -33,7 +33,7 @@ def test_demo_smoke_run_writes_a_well_formed_table(model_dir, tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert table.strip() == format_table(rows) and len(table.strip().splitlines()) == len(rows) + 2
     assert (tmp_path / "decisions.png").stat().st_size > 10_000
-    assert len(reroute_vs_remove(rows)) == len(counterparts()) * len(PAPER_TIERS)  # every removal preset's counterpart
+    assert len(reroute_vs_remove(rows)) == len(PAPER_METHODS) * len(PAPER_TIERS)  # each paper method's counterpart
 
 
 def test_wilson_interval():
