@@ -119,3 +119,27 @@ def test_selection_and_scores_equal_the_official_code(action, version):
             assert ours.positions.tolist() == sorted(p for p in active if visual[p])
             worst = max(worst, float((ours.scores - relation).abs().max() / relation.abs().max()))
     assert worst < 1e-5, worst  # relative to the largest score (gravity-corrected scores reach ~4)
+
+
+def test_raters_equal_the_official_selection():
+    """`select_raters` == the official rater statements on 200 random one-image prompts (float32),
+    also in a padded batch; a pool whose relevances are all equal rates with every token (ours: the
+    official code would select none and average an empty set)."""
+    from reroute.methods.sparsevlm.raters import select_raters
+
+    g = torch.Generator().manual_seed(0)
+    for case in range(200):
+        prefix, image, text = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(1, 30, (1,), generator=g)), int(torch.randint(2, 12, (1,), generator=g))
+        length, dim = prefix + image + text, 8
+        embeds = torch.randn(1, length, dim, generator=g) * (1 + case % 3)
+        visual = torch.zeros(1, length, dtype=torch.bool)
+        visual[0, prefix : prefix + image] = True
+        t_token_idx = official.select_text_raters(embeds, prefix, prefix + image)
+        expected = [prefix + image + int(i) for i in t_token_idx[1]]
+        pad = case % 4  # left padding in front of the same sample
+        padded = torch.cat([torch.randn(1, pad, dim, generator=g), embeds], dim=1)
+        valid = torch.cat([torch.zeros(1, pad, dtype=torch.bool), torch.ones(1, length, dtype=torch.bool)], dim=1)
+        got = select_raters(padded, torch.cat([torch.zeros(1, pad, dtype=torch.bool), visual], dim=1), valid)
+        assert (torch.nonzero(got[0]).flatten() - pad).tolist() == expected
+    one_text = select_raters(torch.randn(1, 5, 4), torch.tensor([[False, True, True, True, False]]), torch.ones(1, 5, dtype=torch.bool))
+    assert one_text.tolist() == [[False, False, False, False, True]]

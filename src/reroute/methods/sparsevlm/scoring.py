@@ -72,7 +72,9 @@ def rater_scores(
     rows, present = rater_rows(raters, query_index)
     probs = query_rows_attention(layer, hidden, cos, sin, key_valid, rows, apply_rotary)  # (B, H, R, n)
     if gravity:
-        probs = probs / rope_weights(cos, sin, rows, apply_rotary)[:, None]
+        # slack rows of a compact view have zero rotary tables (weight 0): divide real keys only, so 0 stays 0
+        weights = rope_weights(cos, sin, rows, apply_rotary).masked_fill(~key_valid[:, None, :], 1.0)
+        probs = probs / weights[:, None]
     num_heads = probs.shape[1]
     kept = heads_kept(num_heads, head_fraction)
     if kept < num_heads:
