@@ -250,3 +250,13 @@ def test_params_and_refusals():
         RoutingConfig("remove", (3,), (0.5,), scorer="sparsevlm", scorer_params={"heads": 14})
     with pytest.raises(ValueError, match=r"^ratios='paper' has no SparseVLM table for tier 96: "):
         reroute.preset("sparsevlm", 96, ratios="paper")
+
+
+def test_scoring_cost_counts_every_text_token_as_a_rater():
+    """`reroute.cost` charges SparseVLM one query row per text token (the raters' upper bound): with one
+    text token it is the one-row cost of the same schedule under `last_token`, and it grows with the text."""
+    sparse = reroute.preset("sparsevlm", 128)
+    one_row = RoutingConfig(sparse.action, sparse.decision_layers, sparse.keep_ratios)
+    dims = llava_1_5_7b()
+    assert reroute.cost(sparse, dims, num_text=1).scoring_flops == reroute.cost(one_row, dims, num_text=1).scoring_flops
+    assert reroute.cost(sparse, dims, num_text=64).scoring_flops > reroute.cost(one_row, dims, num_text=64).scoring_flops
