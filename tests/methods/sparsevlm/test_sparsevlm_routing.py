@@ -147,7 +147,7 @@ def test_batch_equals_samples_alone(family, name):
     fam, model = family
     config = config_for(model, name)
     prompts, inputs = mixed(fam, "right")
-    out, trace = routed(model, config, inputs)
+    out, _ = routed(model, config, inputs)
     mask = inputs["attention_mask"].bool()
     with reroute.apply(model, config), torch.no_grad():
         batch_ids = model.generate(**mixed(fam, "left")[1], max_new_tokens=4, min_new_tokens=4, do_sample=False)
