@@ -271,9 +271,9 @@ def test_error_messages():
             fn(*args, **kwargs)
         return str(info.value)
 
-    assert message(preset, "fastvv", 128) == (
-        f"unknown preset 'fastvv': use one of {', '.join(preset_names())}"
-    )
+    # every registered preset, the paper's first (method folders append theirs)
+    assert message(preset, "fastvv", 128) == "unknown preset 'fastvv': use one of " + ", ".join(preset_names())
+    assert preset_names()[:6] == ("fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop", "nuwa", "nuwa_reroute")
     assert message(preset, "pdrop", 100, ratios="paper") == (
         "ratios='paper' has no published set for tier 100: the paper publishes tiers 192, 128, 64; "
         "use ratios='solved' for other tiers"

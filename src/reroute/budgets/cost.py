@@ -53,7 +53,7 @@ def scoring_flops(config: RoutingConfig | None, dims: DecoderDims, num_visual: i
     num_visual = config.decoder_visual_count(num_visual)
     counts = config.keep_counts(num_visual)
     action = ACTIONS.get(config.action)
-    rows = SCORERS.get(config.scorer).query_rows
+    rows = SCORERS.get(config.scorer).rows_read(num_text)
     total = 0
     for s in range(config.num_decisions):
         candidates = action.num_candidates(num_visual, None if s == 0 else counts[s - 1])

@@ -46,9 +46,24 @@ class Scorer:
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ValueError(f"scorer parameter {key!r} must be a number, got {value!r}")
 
+    def rows_read(self, num_text: int) -> int:
+        """Query rows one decision reads on a prompt with ``num_text`` other tokens (cost accounting);
+        ``query_rows`` unless the count depends on the prompt (SparseVLM: at most every text token)."""
+        return self.query_rows
+
     def resolved(self, params: Mapping[str, float]) -> dict[str, float]:
         """``params`` with the defaults filled in."""
         return {**self.params, **params}
+
+    def prepare(self, embeddings: torch.Tensor, visual: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | None:
+        """Per-token values derived once per prefill from the decoder's input, or None (the default).
+
+        ``embeddings``: ``(B, L, D)`` the states entering layer 0 (rows a vision stage removed may
+        hold anything); ``visual``, ``valid``: ``(B, L)`` bool, the visual tokens and the tokens that
+        are neither padding nor removed. A ``(B, L)`` result reaches every decision as
+        ``ScoringInputs.prepared``, gathered to the scored tokens (docs/semantics.md §19).
+        """
+        return None
 
     def score(self, inputs: ScoringInputs) -> torch.Tensor:
         """``(B, n)`` float scores, higher = more important (values on non-keys are ignored)."""

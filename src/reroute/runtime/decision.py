@@ -53,6 +53,8 @@ class ScoringInputs:
         same tokens, when the scorer asks for them (``Scorer.reads_previous_layer``); else None.
     sample_length: ``(B,)`` long, each sample's prompt tokens that are not padding (a per-sample
         quantity that does not depend on the batch the sample is in).
+    prepared: ``(B, n)`` what the scorer's ``prepare`` derived once per prefill from the decoder's
+        input for every prompt token (SparseVLM: its text raters), for the same tokens; else None.
     """
 
     layer: nn.Module
@@ -69,6 +71,7 @@ class ScoringInputs:
     params: Mapping[str, float] = field(default_factory=dict)
     previous_hidden: torch.Tensor | None = None
     sample_length: torch.Tensor | None = None
+    prepared: torch.Tensor | None = None
 
 
 def select_top_k(scores: torch.Tensor, candidates: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -131,6 +131,9 @@ class RoutedDecoder:
         if injections is None:  # DeepStack (Qwen3-VL); None elsewhere
             injections = self.backbone.pop_injections(kwargs, hidden)
         prompt = self._prompt(hidden, attention_mask, positions, visual, present)
+        # per-token values a scorer derives once from the decoder's input (SparseVLM's raters); None for most
+        prepared = self.scorer.prepare(hidden, prompt.visual[:, :length], prompt.pad_valid[:, :length])
+        prepared = None if prepared is None else with_trash_row(prepared)
         stock_mask = self._stock_mask(hidden, attention_mask, cache, positions)
         full_stage = (stock_mask, (prompt.cos[:, :length], prompt.sin[:, :length]), positions.text)
 
@@ -173,7 +176,7 @@ class RoutedDecoder:
                 scores = (
                     pending.pop(stage)
                     if stage in pending
-                    else self._score(layer, h, layout, buffer, prompt, stage, previous)
+                    else self._score(layer, h, layout, buffer, prompt, stage, previous, prepared)
                 )
                 visual_now = prompt.visual[:, :length]
                 active_now = layout.active() if layout is not None else torch.ones_like(visual_now)
@@ -203,7 +206,7 @@ class RoutedDecoder:
                     buffer = with_trash_row(h)
                 elif not per_layer:
                     layout.scatter_(buffer, h)
-                pending[score_points[i]] = self._score(layer, h, layout, buffer, prompt, score_points[i], previous)
+                pending[score_points[i]] = self._score(layer, h, layout, buffer, prompt, score_points[i], previous, prepared)
 
             if i in previous_points:
                 previous = with_trash_row(h) if layout is None else _current(buffer, layout, h, per_layer)
@@ -266,7 +269,15 @@ class RoutedDecoder:
         )
 
     def _score(
-        self, layer, h, layout: Layout | None, buffer, prompt: _Prompt, stage: int, previous: torch.Tensor | None = None
+        self,
+        layer,
+        h,
+        layout: Layout | None,
+        buffer,
+        prompt: _Prompt,
+        stage: int,
+        previous: torch.Tensor | None = None,
+        prepared: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """``(B, L)`` scores of decision ``stage`` from ``layer``'s attention on its input (docs/semantics.md §2, §3);
         ``None`` when the decision keeps every candidate (nothing to score).
@@ -312,6 +323,7 @@ class RoutedDecoder:
             params=self.config.scorer_parameters,
             previous_hidden=None if previous is None else previous.gather(1, view[..., None].expand(*view.shape, previous.shape[-1])),
             sample_length=prompt.pad_valid[:, :length].sum(dim=1),
+            prepared=None if prepared is None else prepared.gather(1, view),
         )
         scores_view = self.scorer.score(inputs).float()
         scores = torch.full((h.shape[0], length + 1), float("-inf"), device=h.device)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from reroute.runtime.adapter import RotaryFn
-from reroute.methods.attention import last_token_attention, rotate
+from reroute.methods.attention import last_token_attention, query_rows_attention
 
 #: LLaVA's stage-2 rule is docs/semantics.md §2's
 llava_stage2_scores = last_token_attention
@@ -45,48 +45,6 @@ def last_rows(key_valid: torch.Tensor, query_index: torch.Tensor, rows: int) -> 
         present[:, r] = hit.any(dim=1)
         index[:, r] = torch.where(present[:, r], hit.int().argmax(dim=1), query_index)
     return index, present
-
-
-def query_rows_attention(
-    layer: nn.Module,
-    hidden: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    key_valid: torch.Tensor,
-    query_rows: torch.Tensor,
-    apply_rotary: RotaryFn,
-) -> torch.Tensor:
-    """Per head, the causal attention rows of the given query positions, float32.
-
-    Args:
-        layer, hidden, cos, sin, key_valid, apply_rotary: as ``last_token_attention``.
-        query_rows: ``(B, R)`` long indices into ``n``.
-
-    Returns:
-        ``(B, H, R, n)`` probabilities; row ``r`` is 0 on invalid keys and on keys after
-        ``query_rows[:, r]``.
-    """
-    attn = layer.self_attn
-    batch, n, _ = hidden.shape
-    head_dim = attn.head_dim
-    num_rows = query_rows.shape[1]
-    rows = torch.arange(batch, device=hidden.device)[:, None]
-
-    x = layer.input_layernorm(hidden)
-    q = attn.q_proj(x[rows, query_rows]).view(batch, num_rows, -1, head_dim).transpose(1, 2)  # (B, H, R, hd)
-    k = attn.k_proj(x).view(batch, n, -1, head_dim).transpose(1, 2).contiguous()  # (B, KV, n, hd)
-    if hasattr(attn, "q_norm"):  # QK-norm families (Qwen3-style): the norm acts on head_dim
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q = rotate(apply_rotary, q, cos[rows, query_rows], sin[rows, query_rows])
-    k = rotate(apply_rotary, k, cos, sin)
-
-    kv_heads = k.shape[1]
-    q = q.float().reshape(batch, kv_heads, -1, num_rows, head_dim)  # query head h reads key head h // (H / KV)
-    logits = torch.einsum("bgtrd,bgnd->bgtrn", q, k.float()).reshape(batch, -1, num_rows, n) * attn.scaling
-    positions = torch.arange(n, device=hidden.device)
-    visible = key_valid[:, None, :] & (positions[None, None, :] <= query_rows[:, :, None])  # (B, R, n)
-    logits = logits.masked_fill(~visible[:, None], float("-inf"))
-    return logits.softmax(dim=-1)
 
 
 def qwen_stage2_scores(
