@@ -38,7 +38,7 @@ from reroute.runtime.generation_modes import CURRENT_GENERATE, GenerateCall, che
 from reroute.runtime.masks import SUPPORTED_ATTENTION
 from reroute.methods import get_vision_stage
 from reroute.methods.vision_stage import split_dropped
-from reroute.runtime.patching import Patch
+from reroute.runtime.patching import Patch, forward_attribute
 from reroute.runtime.trace import Trace
 
 
@@ -118,7 +118,8 @@ class RoutingHandle:
         self._patches = [
             (model, Patch(model, "generate", self._generate)),
             (self.multimodal_model, Patch(self.multimodal_model, "forward", self._multimodal_forward)),
-            (self.text_model, Patch(self.text_model, "forward", self._text_forward)),
+            # inside accelerate's hook when the decoder carries one (a device map that places it as one unit)
+            (self.text_model, Patch(self.text_model, forward_attribute(self.text_model), self._text_forward)),
         ]
         if config.vision_stage is not None:
             stage_features = get_vision_stage(config.vision_stage).image_features(model, config.vision_parameters)
@@ -354,10 +355,13 @@ def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone
         if refusal is not None:
             raise ValueError(refusal)
         get_vision_stage(config.vision_stage).check_model(model)
-    if Patch.installed(model, "generate") is not None or Patch.installed(text_model, "forward") is not None:
+    if Patch.installed(model, "generate") is not None or any(
+        Patch.installed(text_model, name) is not None for name in ("forward", "_old_forward")
+    ):
         raise ValueError("this model is already routed; call handle.restore() first")
-    if Patch.foreign(text_model, "forward"):
+    if Patch.foreign(text_model, forward_attribute(text_model), "forward"):
         # The routed path replaces the decoder's forward; another library's wrapper there would be skipped.
+        # accelerate's hook is not one: the routed forward runs inside it (`reroute.runtime.patching`).
         raise ValueError(
             f"the forward of {type(text_model).__name__} is already patched by another library; "
             "apply reroute before that library wraps it, or remove its wrapper first"
