@@ -55,7 +55,8 @@ class _Wanted:
     """The optional outputs a forward asked for."""
 
     hidden: bool | int | list[int]  # output_hidden_states: a flag, or the indices of the states wanted
-    attentions: bool
+    attentions: bool  # the attention weights of every layer (eager)
+    weightless: bool = False  # output_attentions under an implementation without weights (SDPA): stock's answer
 
 
 # Set for the duration of one multimodal forward; reset in `finally`, so it never outlives the call.
@@ -110,6 +111,8 @@ class RoutingHandle:
         self.text_model = backbone.text_model(model)
         self.multimodal_model = backbone.multimodal_model(model)
         self.decoder = RoutedDecoder(backbone, self.text_model, config, record_scores)
+        # the stock decoder's answer to output_attentions=True under SDPA on this release (docs/semantics.md §18)
+        self._weightless = compat.weightless_attentions(self.text_model, len(self.decoder.layers))
         self.trace: Trace | None = None
         # decisions (and layouts) of each routed prefill, found again by the cache that decode steps continue
         self._decode_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -235,19 +238,22 @@ class RoutingHandle:
         config = self.text_model.config
         hidden = kwargs.pop("output_hidden_states", None)
         attentions = kwargs.pop("output_attentions", None)
+        asked = bool(getattr(config, "output_attentions", False) if attentions is None else attentions)
+        weightless = asked and config._attn_implementation != "eager"
         wanted = _Wanted(
             hidden=getattr(config, "output_hidden_states", False) if hidden is None else hidden,
-            attentions=bool(getattr(config, "output_attentions", False) if attentions is None else attentions),
+            attentions=asked and not weightless,
+            weightless=weightless,
         )
+        if weightless:
+            # As the stock decoder (docs/semantics.md §18): the layers get the flag, so their attention function
+            # gives its own warning, and `attentions` is what stock returns when no layer computes weights.
+            self._weightless.warn()
+            kwargs["output_attentions"] = True
         if (wanted.hidden or wanted.attentions) and self.config.vision_stage is not None:
             raise ValueError(
                 f"output_hidden_states / output_attentions are not supported with vision_stage="
                 f"{self.config.vision_stage!r} yet; call handle.restore() to get them from the stock model"
-            )
-        if wanted.attentions and config._attn_implementation != "eager":
-            raise ValueError(
-                f"output_attentions=True needs attention weights, which attn_implementation="
-                f"{config._attn_implementation!r} does not compute; load the model with attn_implementation='eager'"
             )
         return wanted
 
@@ -258,7 +264,8 @@ class RoutingHandle:
         """Decode step(s) on a routed cache: the new tokens take part in every layer."""
         with self._recording(wanted) as record:
             hidden = self.decoder.decode(embeds, attention_mask, positions, cache, use_cache, state, kwargs)
-        hidden_states = attentions = None
+        hidden_states = None
+        attentions = self._weightless.value if wanted.weightless else None
         if wanted.hidden:
             hidden_states = outputs.select_hidden_states(outputs.decode_hidden_states(embeds, record, hidden), wanted.hidden)
         if wanted.attentions:
@@ -314,6 +321,8 @@ class RoutingHandle:
             hidden_states, attentions = outputs.append_decoded(
                 hidden_states, attentions, embeds[:, prompt_length:], record, rest, layouts, prompt_length
             )
+        if wanted.weightless:
+            attentions = self._weightless.value
         if call.positions_unknown:
             trace = dataclasses.replace(trace, note=UNKNOWN_POSITIONS)
             if not self._warned_unknown:
