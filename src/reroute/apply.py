@@ -34,8 +34,15 @@ from reroute.runtime.adapter import Positions
 from reroute.backbones.refused import decoder_refusal
 from reroute.config import RoutingConfig
 from reroute.runtime.engine import DecodeState, RoutedDecoder
-from reroute.runtime.generation_modes import CURRENT_GENERATE, GenerateCall, check_cache, check_generate, refuse_packed
-from reroute.runtime.masks import SUPPORTED_ATTENTION
+from reroute.runtime.generation_modes import (
+    CURRENT_GENERATE,
+    RESTORE,
+    GenerateCall,
+    check_cache,
+    check_generate,
+    refuse_packed,
+)
+from reroute.runtime.masks import SUPPORTED_ATTENTION, key_padding, padding_from_4d
 from reroute.methods import get_vision_stage
 from reroute.methods.vision_stage import split_dropped
 from reroute.runtime.patching import Patch, forward_attribute
@@ -70,6 +77,16 @@ UNKNOWN_POSITIONS = (
 )
 
 
+MASK_SHAPES = (
+    "reroute needs the 2-D padding attention_mask (batch, length) that processors return, or a 4-D mask "
+    "(batch, 1, queries, keys)"
+)
+CUSTOM_MASK = (
+    "this custom 4-D attention_mask cannot be gathered to a routed stage: each row must be one prompt, causal over "
+    f"its padding (what a 2-D mask says), seen or not seen (0 or the minimum); pass the 2-D mask, {RESTORE}"
+)
+
+
 def _brings_visual(arguments: dict) -> bool:
     """True when the call carries images or video (generate() passes an empty ``mm_encoder_outputs`` dict otherwise)."""
     for name in _VISUAL_INPUTS:
@@ -88,7 +105,7 @@ def _last_real_token(attention_mask: torch.Tensor | None, shape: torch.Size, dev
     if attention_mask is None:
         valid = torch.ones(batch, length, dtype=torch.bool, device=device)
     else:
-        valid = attention_mask.bool()
+        valid = key_padding(attention_mask)  # 2-D, or a 4-D mask the stock mask takes as it is
     last = (valid * torch.arange(length, device=device)).argmax(dim=1)
     return torch.nn.functional.one_hot(last, length).bool() & valid
 
@@ -206,8 +223,8 @@ class RoutingHandle:
         for name in compat.STOCK_ONLY_KWARGS:  # recomputed by the routed loop
             kwargs.pop(name, None)
         wanted = self._wanted_outputs(kwargs)
-        if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2):
-            raise ValueError("reroute needs the 2-D padding attention_mask (batch, length) that processors return")
+        if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.ndim in (2, 4)):
+            raise ValueError(MASK_SHAPES)
         if inputs_embeds is None:
             inputs_embeds = self.text_model.embed_tokens(input_ids)
         if use_cache is None:
@@ -216,6 +233,8 @@ class RoutingHandle:
         state = self._decode_states.get(cache) if cache is not None else None
         past = state.past_length(cache) if state is not None else cache.get_seq_length() if cache is not None else 0
         positions = self.backbone.positions(position_ids, inputs_embeds, past)
+        if attention_mask is not None and attention_mask.ndim == 4:
+            attention_mask = self._custom_mask(attention_mask, call, state)
         if state is not None:
             if call.visual is not None and bool(call.visual.any()):
                 raise ValueError(
@@ -232,6 +251,21 @@ class RoutingHandle:
         check_cache(cache)
         refuse_packed(position_ids, attention_mask)
         return self._prefill(call, inputs_embeds, attention_mask, positions, cache, use_cache, wanted, kwargs)
+
+    def _custom_mask(self, mask: torch.Tensor, call: _Call, state: DecodeState | None) -> torch.Tensor:
+        """A custom ``(B, 1, q, kv)`` mask (docs/semantics.md §18): the 2-D padding mask it was built from, which
+        the engine gathers per stage and per layer's cache; as it is where the call routes nothing (every
+        layer takes the stock mask then); else refused."""
+        padding = padding_from_4d(mask)
+        if padding is not None:
+            return padding
+        if state is not None:
+            routes = any(stage >= 0 for stage in state.layer_stage)
+        else:
+            routes = call.visual is not None and bool(call.visual.any())
+        if routes:
+            raise ValueError(CUSTOM_MASK)
+        return mask
 
     def _wanted_outputs(self, kwargs: dict) -> _Wanted:
         """``output_hidden_states`` / ``output_attentions``, defaulting to the decoder config's as stock."""
@@ -297,6 +331,8 @@ class RoutingHandle:
             present = present[:, :prompt_length]
         visual = visual[:, :prompt_length]
         prompt_mask = None if attention_mask is None else attention_mask[:, :prompt_length]
+        if attention_mask is not None and attention_mask.ndim == 4:  # as it is (routes nothing; never split)
+            prompt_mask = attention_mask
         # The query row (the last prompt token) takes part in every layer: it is never a candidate (docs/semantics.md).
         visual = visual & ~_last_real_token(prompt_mask, visual.shape, visual.device)
         head, tail = _prefix(positions, prompt_length)
