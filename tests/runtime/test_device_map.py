@@ -143,3 +143,23 @@ def test_a_wrapper_under_accelerates_hook_is_refused():
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         reroute.apply(model, CONFIG)
     assert "generate" not in model.__dict__ and "forward" not in model.model.__dict__
+
+
+def test_from_pretrained_with_the_language_model_on_disk_routes_exactly(tmp_path):
+    """The issue's case: ``from_pretrained(device_map={..., "model.language_model": ...})`` puts accelerate's
+    hook on the decoder (once refused: "the forward of LlamaModel is already patched by another library")."""
+    from transformers import LlavaForConditionalGeneration
+
+    from tests.helpers.models import llava_batch, llava_prompt, tiny_llava
+
+    model = tiny_llava()
+    model.save_pretrained(tmp_path / "model")
+    inputs = llava_batch([llava_prompt(1), llava_prompt(2, seed=1)])
+    logits, trace, generated = _routed(model, inputs)
+    units = {"model.vision_tower": "cpu", "model.multi_modal_projector": "cpu", "model.language_model": "disk", "lm_head": "cpu"}
+    loaded = LlavaForConditionalGeneration.from_pretrained(
+        tmp_path / "model", device_map=units, offload_folder=str(tmp_path / "offload"), attn_implementation="sdpa"
+    )
+    assert hooks_on(loaded.model.language_model)
+    got_logits, got_trace, got_generated = _routed(loaded, inputs)
+    assert torch.equal(got_logits, logits) and got_trace == trace and torch.equal(got_generated, generated)

@@ -67,7 +67,9 @@ def test_forward_under_sdpa_answers_as_stock(family, model):
 
 def test_generate_under_sdpa_answers_as_stock(family, model):
     inputs = mixed_batch(family)
-    options = dict(do_sample=False, max_new_tokens=3, min_new_tokens=3, return_dict_in_generate=True, output_attentions=True)
+    options = dict(
+        do_sample=False, max_new_tokens=3, min_new_tokens=3, return_dict_in_generate=True, output_attentions=True
+    )
     stock, stock_warnings, stock_log = _told(lambda: model.generate(**inputs, **options))
     with reroute.apply(model, CONFIG):
         routed, routed_warnings, routed_log = _told(lambda: model.generate(**inputs, **options))

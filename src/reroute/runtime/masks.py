@@ -78,15 +78,16 @@ def _allowed(mask: torch.Tensor) -> torch.Tensor | None:
     if not mask.is_floating_point():
         return None
     allowed = mask[:, 0] == 0
-    hidden = mask[:, 0] <= torch.finfo(mask.dtype).min / 2  # the dtype's minimum, or -inf
-    return allowed if bool((allowed | hidden).all()) else None
+    unseen = mask[:, 0] <= torch.finfo(mask.dtype).min / 2  # the dtype's minimum, or -inf
+    return allowed if bool((allowed | unseen).all()) else None
 
 
 def _padding_and_allowed(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(validity (B, kv), allowed (B, q, kv))`` of a 4-D mask whose ``q`` queries are its last ``q`` keys.
 
-    A key is valid when the mask lets a real query see it; a query is real when it sees itself (the
-    diagonal), so padding queries are the ones that see nothing of themselves."""
+    A query is real when it sees itself (the diagonal): padding queries do not. Of the keys, the
+    queries' own positions are valid when they are real queries, and the earlier (cached) positions
+    when some real query sees them."""
     allowed = _allowed(mask)
     if allowed is None:
         return None
@@ -132,5 +133,6 @@ def key_padding(attention_mask: torch.Tensor) -> torch.Tensor:
         return attention_mask.bool()
     found = _padding_and_allowed(attention_mask)
     if found is None:  # a form only the stock mask reads (a call that routes nothing): every token counts
-        return torch.ones(attention_mask.shape[0], attention_mask.shape[-1], dtype=torch.bool, device=attention_mask.device)
+        batch, num_keys = attention_mask.shape[0], attention_mask.shape[-1]
+        return torch.ones(batch, num_keys, dtype=torch.bool, device=attention_mask.device)
     return found[0]
