@@ -45,7 +45,7 @@ from reroute.runtime.generation_modes import (
 from reroute.runtime.masks import SUPPORTED_ATTENTION, key_padding, padding_from_4d
 from reroute.methods import get_vision_stage
 from reroute.methods.vision_stage import split_dropped
-from reroute.runtime.patching import Patch, forward_attribute
+from reroute.runtime.patching import Patch, execution_devices, forward_attribute
 from reroute.runtime.trace import Trace
 
 
@@ -400,6 +400,13 @@ def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone
         if refusal is not None:
             raise ValueError(refusal)
         get_vision_stage(config.vision_stage).check_model(model)
+    if len(devices := execution_devices(text_model)) > 1:
+        # The routed loop keeps full-length states and scores on one device; layers on several would mix them.
+        raise ValueError(
+            f"the decoder's layers run on several devices ({', '.join(devices)}) under accelerate's device map; "
+            "reroute runs the decoder on one: place the language model on one device (device_map={..., "
+            "'model.language_model': 0}), offloading to 'cpu' / 'disk' as needed"
+        )
     if Patch.installed(model, "generate") is not None or any(
         Patch.installed(text_model, name) is not None for name in ("forward", "_old_forward")
     ):

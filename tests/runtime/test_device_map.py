@@ -163,3 +163,22 @@ def test_from_pretrained_with_the_language_model_on_disk_routes_exactly(tmp_path
     assert hooks_on(loaded.model.language_model)
     got_logits, got_trace, got_generated = _routed(loaded, inputs)
     assert torch.equal(got_logits, logits) and got_trace == trace and torch.equal(got_generated, generated)
+
+
+def test_decoder_layers_on_several_devices_are_refused():
+    """Layers split across accelerators (several execution devices) are refused in one line, model untouched.
+    This machine has one device; "meta" stands in for a second accelerator (the refusal comes before any run)."""
+    from tests.helpers.models import tiny_llava
+
+    model = tiny_llava()
+    layers = model.model.language_model.layers
+    for i, layer in enumerate(layers):
+        hooks.add_hook_to_module(layer, hooks.AlignDevicesHook(execution_device="cpu" if i < 3 else "meta"))
+    message = (
+        "the decoder's layers run on several devices (cpu, meta) under accelerate's device map; reroute runs the "
+        "decoder on one: place the language model on one device (device_map={..., 'model.language_model': 0}), "
+        "offloading to 'cpu' / 'disk' as needed"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        reroute.apply(model, CONFIG)
+    assert "generate" not in model.__dict__ and "forward" not in model.model.__dict__

@@ -50,6 +50,21 @@ def accelerate_hooked(module: nn.Module) -> bool:
     )
 
 
+def execution_devices(module: nn.Module) -> list[str]:
+    """The execution devices accelerate's hooks name inside ``module`` (its own and its submodules'), sorted.
+
+    Offloaded weights ("cpu", "disk") are loaded onto their unit's execution device, so a map that
+    offloads layers still has one; layers split across accelerators have several."""
+    devices = set()
+    for sub in module.modules():
+        hook = sub.__dict__.get("_hf_hook")
+        for one in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):  # SequentialHook chains
+            device = getattr(one, "execution_device", None)
+            if device is not None:
+                devices.add(str(device))
+    return sorted(devices)
+
+
 def forward_attribute(module: nn.Module) -> str:
     """Where a replacement of ``module``'s own forward goes: inside accelerate's hook when there is one
     (``_old_forward``, so the hook still runs around it), else ``forward``."""
