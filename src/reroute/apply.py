@@ -86,6 +86,11 @@ CUSTOM_MASK = (
     f"its padding (what a 2-D mask says), seen or not seen (0 or the minimum); pass the 2-D mask, {RESTORE}"
 )
 
+CUSTOM_DECODE_MASK = (
+    "this custom 4-D attention_mask hides prompt tokens its routed prefill saw: the routed cache holds the prefill's "
+    f"keys, so a decode step must see the prompt as the prefill did; pass the prefill's padding, {RESTORE}"
+)
+
 
 def _brings_visual(arguments: dict) -> bool:
     """True when the call carries images or video (generate() passes an empty ``mm_encoder_outputs`` dict otherwise)."""
@@ -133,6 +138,8 @@ class RoutingHandle:
         self.trace: Trace | None = None
         # decisions (and layouts) of each routed prefill, found again by the cache that decode steps continue
         self._decode_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # the padding of each routed prefill's prompt, (B, L) bool: what a 4-D decode mask must still see
+        self._prompt_padding: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._warned_unknown = False
         self._active = True
         self._patches = [
@@ -234,7 +241,7 @@ class RoutingHandle:
         past = state.past_length(cache) if state is not None else cache.get_seq_length() if cache is not None else 0
         positions = self.backbone.positions(position_ids, inputs_embeds, past)
         if attention_mask is not None and attention_mask.ndim == 4:
-            attention_mask = self._custom_mask(attention_mask, call, state)
+            attention_mask = self._custom_mask(attention_mask, call, state, cache)
         if state is not None:
             if call.visual is not None and bool(call.visual.any()):
                 raise ValueError(
@@ -252,17 +259,22 @@ class RoutingHandle:
         refuse_packed(position_ids, attention_mask)
         return self._prefill(call, inputs_embeds, attention_mask, positions, cache, use_cache, wanted, kwargs)
 
-    def _custom_mask(self, mask: torch.Tensor, call: _Call, state: DecodeState | None) -> torch.Tensor:
+    def _custom_mask(self, mask: torch.Tensor, call: _Call, state: DecodeState | None, cache) -> torch.Tensor:
         """A custom ``(B, 1, q, kv)`` mask (docs/semantics.md §18): the 2-D padding mask it was built from, which
         the engine gathers per stage and per layer's cache; as it is where the call routes nothing (every
         layer takes the stock mask then); else refused."""
-        padding = padding_from_4d(mask)
-        if padding is not None:
-            return padding
         if state is not None:
             routes = any(stage >= 0 for stage in state.layer_stage)
         else:
             routes = call.visual is not None and bool(call.visual.any())
+        padding = padding_from_4d(mask)
+        if padding is not None and state is not None and routes:
+            # decode steps: the compact layers' caches hold the keys the prefill saw, so must the mask
+            seen = self._prompt_padding.get(cache)
+            if seen is None or not torch.equal(padding[:, : state.prompt_length].bool(), seen.to(padding.device)):
+                raise ValueError(CUSTOM_DECODE_MASK)
+        if padding is not None:
+            return padding
         if routes:
             raise ValueError(CUSTOM_MASK)
         return mask
@@ -367,6 +379,10 @@ class RoutingHandle:
         self.trace = trace
         if use_cache:
             self._decode_states[work_cache] = state
+            self._prompt_padding[work_cache] = (
+                torch.ones(visual.shape, dtype=torch.bool, device=visual.device) if prompt_mask is None
+                else key_padding(prompt_mask)
+            )
             compat.crop_per_layer(work_cache, functools.partial(state.past_length, work_cache))
         return compat.decoder_output(
             hidden,

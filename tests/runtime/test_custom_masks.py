@@ -20,7 +20,7 @@ from tests.helpers.models import llava_batch, llava_prompt, tiny_llava
 
 import reroute
 from reroute import RoutingConfig
-from reroute.apply import CUSTOM_MASK
+from reroute.apply import CUSTOM_DECODE_MASK, CUSTOM_MASK
 from reroute.runtime.compat import CACHE_KEYWORD, output_cache
 
 CONFIGS = {
@@ -123,11 +123,24 @@ def test_shared_prefix_mask_without_images_equals_stock():
     """Nothing to route (no image): the mask is taken as it is, as transformers' test_custom_4d_attention_mask does."""
     model = tiny_llava()
     ids, mask, positions = _shared_prefix([1, 10, 11, 12], [13, 14, 15])
+    n = ids.shape[1]
+    # then one decode step after the last ending: it sees the prefix, that ending and itself
+    seen = torch.zeros(1, 1, 1, n + 1, dtype=torch.bool)
+    seen[..., :4] = seen[..., n - 1 :] = True
+
+    def run():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions)
+        step = model(
+            input_ids=torch.tensor([[20]]), attention_mask=seen.eq(0).float() * MIN, position_ids=torch.tensor([[5]]),
+            **{CACHE_KEYWORD: output_cache(out)},
+        )
+        return out.logits, step.logits
+
     with torch.no_grad():
-        stock = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        stock = run()
         with reroute.apply(model, CONFIGS["reroute_stagewise"]):
-            routed = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-    assert torch.equal(routed, stock)
+            routed = run()
+    assert torch.equal(routed[0], stock[0]) and torch.equal(routed[1], stock[1])
 
 
 def _refused(model, **call):
@@ -175,3 +188,20 @@ def test_a_mask_of_another_rank_is_refused():
     with reroute.apply(model, CONFIGS["reroute_stagewise"]), torch.no_grad():
         with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             model(**inputs)
+
+
+def test_a_decode_mask_that_hides_prompt_tokens_the_prefill_saw_is_refused():
+    """The compact layers' caches hold the keys the routed prefill saw; a decode step whose 4-D mask hides one
+    of them (stock would honour it) cannot be gathered there, so it is refused in one line."""
+    model = tiny_llava()
+    inputs = llava_batch([llava_prompt(1), llava_prompt(2, seed=1)])
+    padding = inputs["attention_mask"]
+    with reroute.apply(model, CONFIGS["reroute_stagewise"]), torch.no_grad():
+        cache = output_cache(model(**inputs))
+        padding = torch.cat([padding, torch.ones_like(padding[:, :1])], dim=1)
+        hiding = four_d(padding, 1, "bool").clone()
+        hiding[1, 0, 0, 0] = False  # the second row's first prompt token (a real one: it is the longer prompt)
+        step = {"input_ids": torch.tensor([[5], [6]]), CACHE_KEYWORD: cache}
+        with pytest.raises(ValueError, match=f"^{re.escape(CUSTOM_DECODE_MASK)}$"):
+            model(**step, attention_mask=hiding)
+        model(**step, attention_mask=four_d(padding, 1, "bool"))  # the prefill's padding runs
