@@ -34,11 +34,18 @@ from reroute.runtime.adapter import Positions
 from reroute.backbones.refused import decoder_refusal
 from reroute.config import RoutingConfig
 from reroute.runtime.engine import DecodeState, RoutedDecoder
-from reroute.runtime.generation_modes import CURRENT_GENERATE, GenerateCall, check_cache, check_generate, refuse_packed
-from reroute.runtime.masks import SUPPORTED_ATTENTION
+from reroute.runtime.generation_modes import (
+    CURRENT_GENERATE,
+    RESTORE,
+    GenerateCall,
+    check_cache,
+    check_generate,
+    refuse_packed,
+)
+from reroute.runtime.masks import SUPPORTED_ATTENTION, key_padding, padding_from_4d
 from reroute.methods import get_vision_stage
 from reroute.methods.vision_stage import split_dropped
-from reroute.runtime.patching import Patch
+from reroute.runtime.patching import Patch, execution_devices, forward_attribute
 from reroute.runtime.trace import Trace
 
 
@@ -55,7 +62,8 @@ class _Wanted:
     """The optional outputs a forward asked for."""
 
     hidden: bool | int | list[int]  # output_hidden_states: a flag, or the indices of the states wanted
-    attentions: bool
+    attentions: bool  # the attention weights of every layer (eager)
+    weightless: bool = False  # output_attentions under an implementation without weights (SDPA): stock's answer
 
 
 # Set for the duration of one multimodal forward; reset in `finally`, so it never outlives the call.
@@ -66,6 +74,21 @@ _VISUAL_INPUTS = ("pixel_values", "pixel_values_videos", "image_embeds", "video_
 UNKNOWN_POSITIONS = (
     "visual positions unknown (inputs_embeds without input_ids or pixel values): this call ran unrouted; "
     "pass input_ids, or inputs_embeds together with the pixel values"
+)
+
+
+MASK_SHAPES = (
+    "reroute needs the 2-D padding attention_mask (batch, length) that processors return, or a 4-D mask "
+    "(batch, 1, queries, keys)"
+)
+CUSTOM_MASK = (
+    "this custom 4-D attention_mask cannot be gathered to a routed stage: each row must be one prompt, causal over "
+    f"its padding (what a 2-D mask says), seen or not seen (0 or the minimum); pass the 2-D mask, {RESTORE}"
+)
+
+CUSTOM_DECODE_MASK = (
+    "this custom 4-D attention_mask hides prompt tokens its routed prefill saw: the routed cache holds the prefill's "
+    f"keys, so a decode step must see the prompt as the prefill did; pass the prefill's padding, {RESTORE}"
 )
 
 
@@ -87,7 +110,7 @@ def _last_real_token(attention_mask: torch.Tensor | None, shape: torch.Size, dev
     if attention_mask is None:
         valid = torch.ones(batch, length, dtype=torch.bool, device=device)
     else:
-        valid = attention_mask.bool()
+        valid = key_padding(attention_mask)  # 2-D, or a 4-D mask the stock mask takes as it is
     last = (valid * torch.arange(length, device=device)).argmax(dim=1)
     return torch.nn.functional.one_hot(last, length).bool() & valid
 
@@ -110,15 +133,20 @@ class RoutingHandle:
         self.text_model = backbone.text_model(model)
         self.multimodal_model = backbone.multimodal_model(model)
         self.decoder = RoutedDecoder(backbone, self.text_model, config, record_scores)
+        # the stock decoder's answer to output_attentions=True under SDPA on this release (docs/semantics.md §18)
+        self._weightless = compat.weightless_attentions(self.text_model, len(self.decoder.layers))
         self.trace: Trace | None = None
         # decisions (and layouts) of each routed prefill, found again by the cache that decode steps continue
         self._decode_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # the padding of each routed prefill's prompt, (B, L) bool: what a 4-D decode mask must still see
+        self._prompt_padding: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._warned_unknown = False
         self._active = True
         self._patches = [
             (model, Patch(model, "generate", self._generate)),
             (self.multimodal_model, Patch(self.multimodal_model, "forward", self._multimodal_forward)),
-            (self.text_model, Patch(self.text_model, "forward", self._text_forward)),
+            # inside accelerate's hook when the decoder carries one (a device map that places it as one unit)
+            (self.text_model, Patch(self.text_model, forward_attribute(self.text_model), self._text_forward)),
         ]
         if config.vision_stage is not None:
             stage_features = get_vision_stage(config.vision_stage).image_features(model, config.vision_parameters)
@@ -202,8 +230,8 @@ class RoutingHandle:
         for name in compat.STOCK_ONLY_KWARGS:  # recomputed by the routed loop
             kwargs.pop(name, None)
         wanted = self._wanted_outputs(kwargs)
-        if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2):
-            raise ValueError("reroute needs the 2-D padding attention_mask (batch, length) that processors return")
+        if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.ndim in (2, 4)):
+            raise ValueError(MASK_SHAPES)
         if inputs_embeds is None:
             inputs_embeds = self.text_model.embed_tokens(input_ids)
         if use_cache is None:
@@ -212,6 +240,8 @@ class RoutingHandle:
         state = self._decode_states.get(cache) if cache is not None else None
         past = state.past_length(cache) if state is not None else cache.get_seq_length() if cache is not None else 0
         positions = self.backbone.positions(position_ids, inputs_embeds, past)
+        if attention_mask is not None and attention_mask.ndim == 4:
+            attention_mask = self._custom_mask(attention_mask, call, state, cache)
         if state is not None:
             if call.visual is not None and bool(call.visual.any()):
                 raise ValueError(
@@ -229,24 +259,47 @@ class RoutingHandle:
         refuse_packed(position_ids, attention_mask)
         return self._prefill(call, inputs_embeds, attention_mask, positions, cache, use_cache, wanted, kwargs)
 
+    def _custom_mask(self, mask: torch.Tensor, call: _Call, state: DecodeState | None, cache) -> torch.Tensor:
+        """A custom ``(B, 1, q, kv)`` mask (docs/semantics.md §18): the 2-D padding mask it was built from, which
+        the engine gathers per stage and per layer's cache; as it is where the call routes nothing (every
+        layer takes the stock mask then); else refused."""
+        if state is not None:
+            routes = any(stage >= 0 for stage in state.layer_stage)
+        else:
+            routes = call.visual is not None and bool(call.visual.any())
+        padding = padding_from_4d(mask)
+        if padding is not None and state is not None and routes:
+            # decode steps: the compact layers' caches hold the keys the prefill saw, so must the mask
+            seen = self._prompt_padding.get(cache)
+            if seen is None or not torch.equal(padding[:, : state.prompt_length].bool(), seen.to(padding.device)):
+                raise ValueError(CUSTOM_DECODE_MASK)
+        if padding is not None:
+            return padding
+        if routes:
+            raise ValueError(CUSTOM_MASK)
+        return mask
+
     def _wanted_outputs(self, kwargs: dict) -> _Wanted:
         """``output_hidden_states`` / ``output_attentions``, defaulting to the decoder config's as stock."""
         config = self.text_model.config
         hidden = kwargs.pop("output_hidden_states", None)
         attentions = kwargs.pop("output_attentions", None)
+        asked = bool(getattr(config, "output_attentions", False) if attentions is None else attentions)
+        weightless = asked and config._attn_implementation != "eager"
         wanted = _Wanted(
             hidden=getattr(config, "output_hidden_states", False) if hidden is None else hidden,
-            attentions=bool(getattr(config, "output_attentions", False) if attentions is None else attentions),
+            attentions=asked and not weightless,
+            weightless=weightless,
         )
+        if weightless:
+            # As the stock decoder (docs/semantics.md §18): the layers get the flag, so their attention function
+            # gives its own warning, and `attentions` is what stock returns when no layer computes weights.
+            self._weightless.warn()
+            kwargs["output_attentions"] = True
         if (wanted.hidden or wanted.attentions) and self.config.vision_stage is not None:
             raise ValueError(
                 f"output_hidden_states / output_attentions are not supported with vision_stage="
                 f"{self.config.vision_stage!r} yet; call handle.restore() to get them from the stock model"
-            )
-        if wanted.attentions and config._attn_implementation != "eager":
-            raise ValueError(
-                f"output_attentions=True needs attention weights, which attn_implementation="
-                f"{config._attn_implementation!r} does not compute; load the model with attn_implementation='eager'"
             )
         return wanted
 
@@ -257,7 +310,8 @@ class RoutingHandle:
         """Decode step(s) on a routed cache: the new tokens take part in every layer."""
         with self._recording(wanted) as record:
             hidden = self.decoder.decode(embeds, attention_mask, positions, cache, use_cache, state, kwargs)
-        hidden_states = attentions = None
+        hidden_states = None
+        attentions = self._weightless.value if wanted.weightless else None
         if wanted.hidden:
             hidden_states = outputs.select_hidden_states(outputs.decode_hidden_states(embeds, record, hidden), wanted.hidden)
         if wanted.attentions:
@@ -289,6 +343,8 @@ class RoutingHandle:
             present = present[:, :prompt_length]
         visual = visual[:, :prompt_length]
         prompt_mask = None if attention_mask is None else attention_mask[:, :prompt_length]
+        if attention_mask is not None and attention_mask.ndim == 4:  # as it is (routes nothing; never split)
+            prompt_mask = attention_mask
         # The query row (the last prompt token) takes part in every layer: it is never a candidate (docs/semantics.md).
         visual = visual & ~_last_real_token(prompt_mask, visual.shape, visual.device)
         head, tail = _prefix(positions, prompt_length)
@@ -313,6 +369,8 @@ class RoutingHandle:
             hidden_states, attentions = outputs.append_decoded(
                 hidden_states, attentions, embeds[:, prompt_length:], record, rest, layouts, prompt_length
             )
+        if wanted.weightless:
+            attentions = self._weightless.value
         if call.positions_unknown:
             trace = dataclasses.replace(trace, note=UNKNOWN_POSITIONS)
             if not self._warned_unknown:
@@ -321,6 +379,10 @@ class RoutingHandle:
         self.trace = trace
         if use_cache:
             self._decode_states[work_cache] = state
+            self._prompt_padding[work_cache] = (
+                torch.ones(visual.shape, dtype=torch.bool, device=visual.device) if prompt_mask is None
+                else key_padding(prompt_mask)
+            )
             compat.crop_per_layer(work_cache, functools.partial(state.past_length, work_cache))
         return compat.decoder_output(
             hidden,
@@ -354,10 +416,20 @@ def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone
         if refusal is not None:
             raise ValueError(refusal)
         get_vision_stage(config.vision_stage).check_model(model)
-    if Patch.installed(model, "generate") is not None or Patch.installed(text_model, "forward") is not None:
+    if len(devices := execution_devices(text_model)) > 1:
+        # The routed loop keeps full-length states and scores on one device; layers on several would mix them.
+        raise ValueError(
+            f"the decoder's layers run on several devices ({', '.join(devices)}) under accelerate's device map; "
+            "reroute runs the decoder on one: place the language model on one device (device_map={..., "
+            "'model.language_model': 0}), offloading to 'cpu' / 'disk' as needed"
+        )
+    if Patch.installed(model, "generate") is not None or any(
+        Patch.installed(text_model, name) is not None for name in ("forward", "_old_forward")
+    ):
         raise ValueError("this model is already routed; call handle.restore() first")
-    if Patch.foreign(text_model, "forward"):
+    if Patch.foreign(text_model, forward_attribute(text_model), "forward"):
         # The routed path replaces the decoder's forward; another library's wrapper there would be skipped.
+        # accelerate's hook is not one: the routed forward runs inside it (`reroute.runtime.patching`).
         raise ValueError(
             f"the forward of {type(text_model).__name__} is already patched by another library; "
             "apply reroute before that library wraps it, or remove its wrapper first"

@@ -122,8 +122,6 @@ FORWARDS = {
 @pytest.mark.parametrize("name", list(FORWARDS))
 def test_forward_equals_stock(pair, name):
     stock, routed, family, attn = pair
-    if name == "attentions" and attn != "eager":
-        pytest.skip("attention weights exist under eager only (SDPA: refused, see test_generation_modes)")
     inputs = make_inputs(family)
     kwargs = dict(FORWARDS[name])
     if "labels" in kwargs:
@@ -215,8 +213,6 @@ GENERATE = {
 def test_generate_equals_stock(pair, name):
     stock, routed, family, attn = pair
     kwargs = dict(GENERATE[name], max_new_tokens=5, min_new_tokens=5, suppress_tokens=_visual_ids(stock))
-    if attn != "eager":
-        kwargs.pop("output_attentions", None)
     batch = 1 if name == "prompt_lookup" else 3
     inputs = make_inputs(family, batch)
     results = []

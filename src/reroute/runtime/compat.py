@@ -9,7 +9,9 @@ names the release where it appears. docs/compat.md has the table of tested relea
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,6 +62,54 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_
 # before 5.24 (4.57, 5.4) ``n`` is the length to keep, one number for every layer; in 5.24, minus the
 # number of tokens to remove from each layer, which is right for layers of different lengths as is.
 CROP_TAKES_LENGTH = "max_length" in inspect.signature(DynamicLayer.crop).parameters
+
+# output_attentions=True under an attention implementation that computes no weights (SDPA), as the stock
+# decoder answers it. In every release the flag reaches the layers (whose attention function may warn through
+# its logger). Since 5.0 (``transformers.utils.output_capturing``) the output capture records no weights:
+# ``attentions`` is ``()``. In 4.57 a decoder under ``check_model_inputs`` (Llama, ...) first warns (a
+# UserWarning) and leaves ``attentions`` None; a hand-written layer loop (Qwen2-VL, Qwen2.5-VL) collects each
+# layer's weights, None under SDPA.
+_CAPTURES_EMPTY_ATTENTIONS = importlib.util.find_spec("transformers.utils.output_capturing") is not None
+_WEIGHTLESS_WARNING_457 = (
+    "`output_attentions=True` is not supported with `attn_implementation` other than ['eager', 'eager_paged', "
+    "'flex_attention']. Please use `model.set_attn_implementation('eager')` to enable capturing attention outputs."
+)
+
+
+@dataclass(frozen=True)
+class WeightlessAttentions:
+    """The stock decoder's answer to ``output_attentions=True`` when its attention computes no weights.
+
+    value: the ``attentions`` it returns; warning: the UserWarning it gives before the forward, if any.
+    """
+
+    value: tuple | None
+    warning: str | None = None
+
+    def warn(self) -> None:
+        if self.warning is not None:
+            warnings.warn(self.warning, UserWarning, stacklevel=3)
+
+
+def _checks_model_inputs(forward) -> bool:
+    """True when a decoder's forward is wrapped by 4.57's ``check_model_inputs`` (read from the wrappers' code)."""
+    seen = 0
+    while forward is not None and seen < 8:
+        code = getattr(forward, "__code__", None)
+        if code is not None and "check_model_inputs" in getattr(code, "co_qualname", code.co_name):
+            return True
+        forward, seen = getattr(forward, "__wrapped__", None), seen + 1
+    return False
+
+
+def weightless_attentions(text_model: nn.Module, num_layers: int) -> WeightlessAttentions:
+    """How ``text_model``'s stock forward answers ``output_attentions=True`` under SDPA on this release."""
+    if _CAPTURES_EMPTY_ATTENTIONS:
+        return WeightlessAttentions(())
+    if _checks_model_inputs(type(text_model).forward):
+        return WeightlessAttentions(None, _WEIGHTLESS_WARNING_457)
+    return WeightlessAttentions((None,) * num_layers)
+
 
 #: keyword arguments the stock decoder forward receives that the routed loop recomputes itself
 #: (4.57 passes ``cache_position`` down from the multimodal model; 5.0 dropped it)
@@ -251,4 +301,6 @@ __all__ = [
     "unsupported_release",
     "vision_stage_refusal",
     "vision_window_index",
+    "WeightlessAttentions",
+    "weightless_attentions",
 ]

@@ -19,7 +19,7 @@ from torch import nn
 from reroute.runtime.adapter import DecoderAdapter, LayerInjections, Positions
 from reroute.runtime.compat import Compat
 from reroute.runtime.layout import Layout, with_trash_row
-from reroute.runtime.masks import compact_decode_mask, compact_prefill_mask
+from reroute.runtime.masks import compact_decode_mask, compact_prefill_mask, key_padding
 from reroute.registry import ACTIONS, SCORERS
 from reroute.runtime.decision import RoutingPlan, ScoringInputs, select_top_k
 from reroute.runtime.trace import DecisionScores, SampleTrace, Trace
@@ -241,7 +241,7 @@ class RoutedDecoder:
     def _prompt(self, hidden, attention_mask, positions: Positions, visual, present) -> _Prompt:
         batch, length = hidden.shape[:2]
         pad_valid = (
-            attention_mask.bool()
+            key_padding(attention_mask)  # 2-D, or a 4-D mask only the stock mask reads (docs/semantics.md §18)
             if attention_mask is not None
             else torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
         )
@@ -378,12 +378,12 @@ class RoutedDecoder:
         decoded = past + num_new - state.prompt_length
         if attention_mask is None:
             attention_mask = torch.ones(batch, past + num_new, dtype=torch.long, device=hidden.device)
-        if attention_mask.shape[1] != past + num_new:
+        if attention_mask.shape[-1] != past + num_new:
             raise ValueError(
-                f"attention_mask covers {attention_mask.shape[1]} positions but the routed cache plus the new tokens "
+                f"attention_mask covers {attention_mask.shape[-1]} positions but the routed cache plus the new tokens "
                 f"cover {past + num_new}; pass the full-length attention mask, as generate() does"
             )
-        decoded_valid = attention_mask[:, state.prompt_length :].bool()
+        decoded_valid = key_padding(attention_mask)[:, state.prompt_length :]
         position_embeddings = self.compat.rotary_tables(self.rotary, hidden, positions.rope)
         # layers whose cache holds the whole prompt take the stock mask (none after a vision stage)
         stock_mask = self._stock_mask(hidden, attention_mask, cache, positions) if -1 in state.layer_stage else None

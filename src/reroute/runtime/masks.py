@@ -65,3 +65,74 @@ def compact_decode_mask(
     if implementation == "sdpa" and num_new == 1 and bool(prompt_keys.all()) and bool(decoded_valid.all()):
         return None
     return to_implementation(decode_mask(prompt_keys, decoded_valid, num_new), implementation, dtype)
+
+
+# ----------------------------------------------------------------------------- custom 4-D masks (docs/semantics.md §18)
+def _allowed(mask: torch.Tensor) -> torch.Tensor | None:
+    """``(B, q, kv)`` bool: which key each query may see under a ``(B, 1, q, kv)`` mask; None when the
+    mask says more than seen / not seen (several heads, additive biases other than 0 and the minimum)."""
+    if mask.ndim != 4 or mask.shape[1] != 1:
+        return None
+    if mask.dtype == torch.bool:
+        return mask[:, 0]
+    if not mask.is_floating_point():
+        return None
+    allowed = mask[:, 0] == 0
+    unseen = mask[:, 0] <= torch.finfo(mask.dtype).min / 2  # the dtype's minimum, or -inf
+    return allowed if bool((allowed | unseen).all()) else None
+
+
+def _padding_and_allowed(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(validity (B, kv), allowed (B, q, kv))`` of a 4-D mask whose ``q`` queries are its last ``q`` keys.
+
+    A query is real when it sees itself (the diagonal): padding queries do not. Of the keys, the
+    queries' own positions are valid when they are real queries, and the earlier (cached) positions
+    when some real query sees them."""
+    allowed = _allowed(mask)
+    if allowed is None:
+        return None
+    num_queries, num_keys = allowed.shape[-2:]
+    past = num_keys - num_queries
+    if past < 0:
+        return None
+    rows = torch.arange(num_queries, device=mask.device)
+    real = allowed[:, rows, rows + past]  # (B, q)
+    validity = torch.zeros(allowed.shape[0], num_keys, dtype=torch.bool, device=mask.device)
+    validity[:, :past] = (allowed[:, :, :past] & real[:, :, None]).any(dim=1)
+    validity[:, past:] = real
+    return validity, allowed
+
+
+def padding_from_4d(mask: torch.Tensor) -> torch.Tensor | None:
+    """The 2-D padding mask ``(B, kv)`` (long, 1 on real tokens) a ``(B, 1, q, kv)`` mask was built from, or None.
+
+    It was built from one when every real query sees exactly the real keys up to itself (causal over
+    the row's padding, as transformers builds its mask from a 2-D one) and every padding query sees
+    either the same or nothing. Then the 2-D mask gives the same attention on every real token, and
+    the engine gathers it per stage and per layer's cache as it gathers any 2-D mask."""
+    found = _padding_and_allowed(mask)
+    if found is None:
+        return None
+    validity, allowed = found
+    num_queries, num_keys = allowed.shape[-2:]
+    query = torch.arange(num_queries, device=mask.device)[:, None] + (num_keys - num_queries)
+    causal = torch.arange(num_keys, device=mask.device)[None, :] <= query  # (q, kv)
+    expected = causal[None] & validity[:, None, :]
+    real = validity[:, num_keys - num_queries :, None]
+    same = (allowed == expected).all(dim=-1, keepdim=True)
+    blind = ~allowed.any(dim=-1, keepdim=True)
+    if not bool((same | (~real & blind)).all()):
+        return None
+    return validity.long()
+
+
+def key_padding(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, kv)`` bool, the real keys of a 2-D mask, or of a 4-D one the stock mask takes as it is
+    (a call that routes nothing): there, the tokens that see themselves."""
+    if attention_mask.ndim == 2:
+        return attention_mask.bool()
+    found = _padding_and_allowed(attention_mask)
+    if found is None:  # a form only the stock mask reads (a call that routes nothing): every token counts
+        batch, num_keys = attention_mask.shape[0], attention_mask.shape[-1]
+        return torch.ones(batch, num_keys, dtype=torch.bool, device=attention_mask.device)
+    return found[0]
