@@ -53,6 +53,12 @@ class ScoringInputs:
         same tokens, when the scorer asks for them (``Scorer.reads_previous_layer``); else None.
     sample_length: ``(B,)`` long, each sample's prompt tokens that are not padding (a per-sample
         quantity that does not depend on the batch the sample is in).
+    previous_layer: the decoder layer before ``layer`` when ``previous_hidden`` is given (DART reads
+        its keys); ran_previous: ``(B, n)`` bool, the tokens that took part in that layer.
+    previous_scores: ``(B, n)`` what this scorer returned at the previous decision, for the same
+        tokens (-inf where it did not score them); None at the first decision or when that decision
+        kept every candidate unscored.
+    final_norm: the decoder's final norm (DART compares states after it).
     """
 
     layer: nn.Module
@@ -69,6 +75,10 @@ class ScoringInputs:
     params: Mapping[str, float] = field(default_factory=dict)
     previous_hidden: torch.Tensor | None = None
     sample_length: torch.Tensor | None = None
+    previous_layer: nn.Module | None = None
+    ran_previous: torch.Tensor | None = None
+    previous_scores: torch.Tensor | None = None
+    final_norm: nn.Module | None = None
 
 
 def select_top_k(scores: torch.Tensor, candidates: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
