@@ -116,18 +116,28 @@ def assert_engine_equals_reference(family, model, config: RoutingConfig, select:
 
 
 @torch.no_grad()
-def assert_batch_equals_alone(family, model, config: RoutingConfig, padding_side: str) -> None:
-    """A padded batch (2, 1 and 0 images, different lengths) equals each sample run alone: logits and decisions."""
-    inputs = mixed_batch(family, padding_side)
+def assert_batch_equals_alone(family, model, config: RoutingConfig, new: int = 4) -> None:
+    """A padded batch (2, 1 and 0 images, different lengths) equals each sample run alone: a
+    right-padded forward (logits and decisions), and a left-padded generate() (tokens and decisions;
+    generate() passes positions that count only real tokens, as a sample alone has them)."""
+    inputs = mixed_batch(family, "right")
     out, trace = routed(model, config, inputs)
-    mask = inputs["attention_mask"].bool()
+    left = mixed_batch(family, "left")
+    with reroute.apply(model, config) as handle:
+        batch_ids = model.generate(**left, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+    generated = handle.trace
     for b, prompt in enumerate(mixed_prompts(family)):
-        alone, alone_trace = routed(model, config, family.make_batch([prompt]))
-        real = torch.nonzero(mask[b]).flatten()
+        alone_inputs = family.make_batch([prompt])
+        alone, alone_trace = routed(model, config, alone_inputs)
+        real = torch.nonzero(inputs["attention_mask"][b]).flatten()
         torch.testing.assert_close(out.logits[b, real], alone.logits[0], atol=ATOL, rtol=0)
-        offset = int(real[0])
-        shifted = [[j - offset for j in chosen] for chosen in trace.samples[b].selected]
-        assert shifted == [list(chosen) for chosen in alone_trace.samples[0].selected]
+        decisions = [list(chosen) for chosen in alone_trace.samples[0].selected]
+        assert [list(chosen) for chosen in trace.samples[b].selected] == decisions
+        with reroute.apply(model, config):
+            alone_ids = model.generate(**alone_inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        assert torch.equal(batch_ids[b, -new:], alone_ids[0, -new:])
+        offset = int(torch.nonzero(left["attention_mask"][b])[0])
+        assert [[j - offset for j in chosen] for chosen in generated.samples[b].selected] == decisions
 
 
 @torch.no_grad()

@@ -49,8 +49,6 @@ class DartScorer(Scorer):
             raise ValueError("scorer 'dart' needs at least one pivot: set image_pivots or text_pivots above 0")
 
     def score(self, inputs: ScoringInputs) -> torch.Tensor:
-        if inputs.previous_hidden is None:
-            raise ValueError("scorer 'dart' reads the layer before its decision: decide at layer 1 or later")
         keys = layer_keys(inputs.previous_layer, inputs.previous_hidden, inputs.cos, inputs.sin, inputs.apply_rotary)
         key_l1 = torch.norm(keys, p=1, dim=-1)
         states = inputs.final_norm(inputs.hidden)

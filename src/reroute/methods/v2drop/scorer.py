@@ -23,8 +23,6 @@ class V2DropScorer(Scorer):
     reads_previous_layer = True
 
     def score(self, inputs: ScoringInputs) -> torch.Tensor:
-        if inputs.previous_hidden is None:
-            raise ValueError("scorer 'v2drop' reads the layer before its decision: decide at layer 1 or later")
         scores = variation(inputs.hidden, inputs.previous_hidden)
         if inputs.previous_scores is None:  # the first decision, or the previous one kept every candidate
             return scores
