@@ -144,13 +144,14 @@ def assert_batch_equals_alone(family, model, config: RoutingConfig, new: int = 4
 def assert_generate_equals_reference(family, model, config: RoutingConfig, new: int = 5) -> None:
     """Greedy generate() == the reference over prompt + generated text with the prefill's decisions."""
     inputs = family.make_batch([family.make_prompt(2, seed=4)])
+    # no min_new_tokens: it masks EOS, which the reference's argmax may pick
     with reroute.apply(model, config) as handle:
-        ids = model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        ids = model.generate(**inputs, max_new_tokens=new, do_sample=False)
     decisions = [list(chosen) for chosen in handle.trace.samples[0].selected]
     prompt_length = inputs["input_ids"].shape[1]
     extended = dict(inputs, input_ids=ids[:, :-1], attention_mask=torch.ones_like(ids[:, :-1]))
     if "mm_token_type_ids" in inputs:
-        pad = torch.zeros(1, new - 1, dtype=torch.long)
+        pad = torch.zeros(1, ids.shape[1] - 1 - prompt_length, dtype=torch.long)
         extended["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], pad], dim=1)
     captured, embeds, length, visual = _prompt(model, extended)
     visual[prompt_length - 1 :] = [False] * (length - prompt_length + 1)  # the query and generated text
