@@ -14,12 +14,18 @@ from dataclasses import dataclass
 from functools import cache
 
 import torch
-from tests.helpers.batches import mixed_batch, mixed_prompts
-from tests.helpers.harness import decoder_inputs, routed, rotary_positions, sample_injections, visual_mask
-from tests.helpers.reference import _rotary_tables, reference_forward
 
 import reroute
 from reroute import RoutingConfig
+from tests.helpers.batches import mixed_batch, mixed_prompts
+from tests.helpers.harness import (
+    decoder_inputs,
+    rotary_positions,
+    routed,
+    sample_injections,
+    visual_mask,
+)
+from tests.helpers.reference import _rotary_tables, reference_forward
 
 ATOL = 3e-5
 
@@ -76,7 +82,7 @@ def reference_run(model, inputs: dict, config: RoutingConfig, select: Select):
         outputs: list = []
         reference_forward(text_model, positions, embeds, visual, partial, decisions=found, states=outputs, injections=injections)
 
-        def active(j: int) -> list:
+        def active(j: int, s: int = s) -> list:
             stages = [t for t in range(s) if layers[t] <= j]
             return list(range(length)) if not stages else sorted(text | set(found[stages[-1]]))
 

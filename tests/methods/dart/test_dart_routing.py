@@ -12,6 +12,11 @@ import inspect
 
 import pytest
 import torch
+from transformers import DynamicCache
+
+import reroute
+from reroute import RoutingConfig
+from reroute.methods.dart.select import dart_select
 from tests.helpers.models import FAMILIES
 from tests.helpers.scorer_invariants import (
     assert_batch_equals_alone,
@@ -20,11 +25,6 @@ from tests.helpers.scorer_invariants import (
     assert_keep_all_is_stock,
     tiny_model,
 )
-from transformers import DynamicCache
-
-import reroute
-from reroute import RoutingConfig
-from reroute.methods.dart.select import dart_select
 
 PRESETS = ("dart", "reroute_vs_dart")
 CONFIGS = {

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+import reroute
+from reroute import RoutingConfig
+from reroute.methods.random_tokens.scorer import draw
 from tests.helpers.harness import routed
 from tests.helpers.models import FAMILIES
 from tests.helpers.scorer_invariants import (
@@ -14,10 +18,6 @@ from tests.helpers.scorer_invariants import (
     tiny_model,
     top_k,
 )
-
-import reroute
-from reroute import RoutingConfig
-from reroute.methods.random_tokens.scorer import draw
 
 PRESETS = ("random", "reroute_vs_random")
 CONFIGS = {

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from reroute import preset
 from reroute.budgets.shapes import ONE_TOKEN
 from reroute.methods.v2drop.scorer import V2DropScorer
 from reroute.runtime.decision import ScoringInputs, select_top_k
-from reroute import preset
 
 
 # ---------------------------------------------------------------- official (xuyang-liu16/V2Drop @ 219e03e)

@@ -8,6 +8,9 @@ for a token that took part in it, an earlier one for a token ``reroute`` deferre
 from __future__ import annotations
 
 import pytest
+
+import reroute
+from reroute import RoutingConfig
 from tests.helpers.harness import routed
 from tests.helpers.models import FAMILIES
 from tests.helpers.scorer_invariants import (
@@ -18,9 +21,6 @@ from tests.helpers.scorer_invariants import (
     tiny_model,
     top_k,
 )
-
-import reroute
-from reroute import RoutingConfig
 
 PRESETS = ("v2drop", "reroute_vs_v2drop")
 CONFIGS = {

@@ -15,9 +15,14 @@ _PAPER = {192: (0.5, 0.25, ONE_TOKEN)}
 
 V2DROP = register_preset(
     PresetSpec(
-        "v2drop", "remove", (3, 17, 22), "geometric_then_one", _PAPER, counterpart="reroute_vs_v2drop",
+        "v2drop",
+        "remove",
+        (3, 17, 22),
+        "geometric_then_one",
+        _PAPER,
+        counterpart="reroute_vs_v2drop",
         scorer=V2DropScorer.name,
-    )  # fmt: skip
+    )
 )
 REROUTE_VS_V2DROP = register_preset(
     PresetSpec("reroute_vs_v2drop", "reroute", (3, 17, 22), "geometric_then_one", _PAPER, scorer=V2DropScorer.name)
