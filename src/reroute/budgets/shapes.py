@@ -35,7 +35,10 @@ ONE_TOKEN = 1e-9
 
 def geometric_then_one_shape(p: float, num_decisions: int) -> tuple[float, ...]:
     """V2Drop-shaped: each decision keeps the fraction ``p`` of the tokens the previous one kept
-    (``r_s = p^s``), and the last keeps one token (V2Drop's final ratio 0, docs/semantics.md §20)."""
+    (``r_s = p^s``), and the last keeps one token (V2Drop's final ratio 0, docs/semantics.md §20).
+    One decision is just ``p`` (the shape must grow with ``p``)."""
+    if num_decisions == 1:
+        return (p,)
     return tuple(p ** (s + 1) for s in range(num_decisions - 1)) + (ONE_TOKEN,)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from reroute import preset
-from reroute.budgets.shapes import ONE_TOKEN
+from reroute import RoutingConfig, preset
+from reroute.budgets.shapes import ONE_TOKEN, geometric_then_one_shape
 from reroute.methods.v2drop.scorer import V2DropScorer
 from reroute.runtime.decision import ScoringInputs, select_top_k
 
@@ -71,3 +71,9 @@ def test_the_published_schedule_keeps_the_official_counts():
     assert config.decision_layers == (3, 17, 22)
     assert config.keep_counts(576) == (288, 144, 1)
     assert config.keep_ratios == (0.5, 0.25, ONE_TOKEN)
+
+
+def test_the_shape_halves_then_keeps_one_token():
+    assert geometric_then_one_shape(0.5, 3) == (0.5, 0.25, ONE_TOKEN)
+    assert geometric_then_one_shape(0.5, 1) == (0.5,)  # one decision: the shape must grow with p
+    assert RoutingConfig("remove", (1, 2, 3), (0.5, 0.25, ONE_TOKEN)).keep_counts(100) == (50, 25, 1)
