@@ -13,6 +13,7 @@ from tests.helpers.eval_demo_data import write_demo_refcoco
 from tests.helpers.eval_fixtures import write_pope
 
 import reroute
+from reroute.budgets import preset_names
 from reroute.cli import main
 from reroute.demo.modeling import MODEL_DIR
 from reroute.eval.records import read_records
@@ -74,9 +75,9 @@ def test_missing_data_file_and_missing_folder(data_dir, tmp_path, capsys):
 
 def test_bad_choice_is_one_line(data_dir, tmp_path, capsys):
     assert main(eval_args(data_dir, tmp_path, "--preset", "fastvv", "--tier", "64")) == 2
+    choices = ", ".join(repr(name) for name in ("vanilla", *preset_names()))  # every registered preset
     assert capsys.readouterr().err == (
-        "reroute eval: error: argument --preset: invalid choice: 'fastvv' (choose from 'vanilla', 'fastv', 'pdrop', "
-        "'reroute_vs_fastv', 'reroute_vs_pdrop', 'nuwa', 'nuwa_reroute') (see reroute eval --help)\n"
+        f"reroute eval: error: argument --preset: invalid choice: 'fastvv' (choose from {choices}) (see reroute eval --help)\n"
     )
 
 
@@ -186,7 +187,7 @@ def test_paper_table_every_method_and_tier_resumable(data_dir, tmp_path, monkeyp
     rows = [line for line in table.splitlines()[2:]]
     assert [tuple(cell.strip() for cell in row.split("|")[1:3]) for row in rows] == [("vanilla", "-")] + [
         (method, str(tier))
-        for method in ("fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop", "nuwa", "nuwa_reroute")
+        for method in preset_names()  # every registered preset, in registration order
         for tier in (192, 128, 64)
     ]
     assert table.splitlines()[0] == "| method | tier | refcoco_val acc@0.5 | avg_T | FLOPs rel | KV rel |"

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from reroute.budgets import preset_names
 from reroute.cli import main
 from reroute.demo import modeling, synthetic
 
@@ -74,7 +75,7 @@ def test_analyze_writes_table_json_and_plots(model_dir, tmp_path):
         (["show", "--image", "IMG", "--prompt", "x", "--config", "missing.json"],
          "--config missing.json: no such file; give a JSON file with RoutingConfig fields"),
         (["analyze", "--presets", "pdrop,nope"],
-         "--presets 'pdrop,nope': use names from fastv, pdrop, reroute_vs_fastv, reroute_vs_pdrop, nuwa, nuwa_reroute, comma-separated"),
+         f"--presets 'pdrop,nope': use names from {', '.join(preset_names())}, comma-separated"),
         (["analyze", "--model-dir", "no_model_here"], "--model-dir no_model_here: no saved demo model there (config.json missing)"),
     ],
 )

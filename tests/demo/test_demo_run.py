@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from reroute.budgets import PAPER_TIERS, avg_t, preset_names
+from reroute.budgets.presets import counterparts
 from reroute.cli import main
 from reroute.demo.run import format_table, reroute_vs_remove, run_demo, wilson
 
@@ -32,7 +33,7 @@ def test_demo_smoke_run_writes_a_well_formed_table(model_dir, tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert table.strip() == format_table(rows) and len(table.strip().splitlines()) == len(rows) + 2
     assert (tmp_path / "decisions.png").stat().st_size > 10_000
-    assert len(reroute_vs_remove(rows)) == 3 * len(PAPER_TIERS)  # fastv, pdrop and nuwa counterparts
+    assert len(reroute_vs_remove(rows)) == len(counterparts()) * len(PAPER_TIERS)  # every removal preset's counterpart
 
 
 def test_wilson_interval():
