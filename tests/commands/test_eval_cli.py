@@ -123,7 +123,7 @@ def test_config_file_errors(data_dir, tmp_path, capsys):
     assert main(eval_args(data_dir, tmp_path, "--config", str(bad))) == 2
     assert capsys.readouterr().err == (
         f"reroute eval: --config {bad}: RoutingConfig has no field 'decision_layer': use action, "
-        "decision_layers, execution, keep_ratios, scorer, vision_params, vision_stage\n"
+        "decision_layers, execution, keep_ratios, scorer, scorer_params, vision_params, vision_stage\n"
     )
     assert main(eval_args(data_dir, tmp_path, "--config", str(tmp_path / "none.json"))) == 2
     assert capsys.readouterr().err == f"reroute eval: --config {tmp_path / 'none.json'}: no such file\n"
