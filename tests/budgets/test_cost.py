@@ -241,7 +241,9 @@ def test_cli_table_llava(capsys, tmp_path):
     rvp_64 = next(r for r in rows if r[:2] == ["reroute_vs_pdrop", "64"])
     assert rvp_64[4] == "84.2"
     data = json.loads(path.read_text())
-    assert len(data) == 1 + 3 * len(preset_names()) and data[0]["preset"] == "vanilla"  # vanilla, every preset x 3 tiers
+    assert data[0]["preset"] == "vanilla"  # vanilla, 4 presets and nuwa, nuwa_reroute x 3 tiers, then later methods
+    # a method that publishes no set at a tier has no row there (V2Drop: one setting, docs/semantics.md §20)
+    assert [(d["preset"], d["tier"]) for d in data if "v2drop" in d["preset"]] == [("v2drop", 192), ("reroute_vs_v2drop", 192)]
     assert [d["preset"] for d in data[13:19]] == ["nuwa"] * 3 + ["nuwa_reroute"] * 3
     assert [d["avg_t"] for d in data[13:16]] == [192.0, 128.0, 64.0]
     assert data[0]["preset"] == "vanilla" and data[0]["flops_paper_ratio"] == 1.0
@@ -252,8 +254,8 @@ def test_cli_table_qwen_solved(capsys):
     assert main(["cost", "--model", "qwen2.5-vl-7b", "--num-visual", "1024", "--num-text", "100"]) == 0
     out = capsys.readouterr().out
     assert "28 decoder layers, hidden 3584, MLP 18944, 28 heads / 4 kv heads x 128" in out
-    paper = ("fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop")
-    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in paper]
+    section_4 = ("fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop")
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in section_4]
     assert len(rows) == 12
     assert "tiers 192/128/64 (of 576 tokens) scaled to 1024 visual tokens" in out
     assert [row[1] for row in rows[:3]] == ["341.3", "227.6", "113.8"]  # 192, 128, 64 x 1024 / 576

@@ -29,10 +29,24 @@ def halving_shape(p: float, num_decisions: int) -> tuple[float, ...]:
     return tuple(p if s == 0 else p / 2 ** (s - 1) for s in range(num_decisions))
 
 
+#: the ratio of a decision that keeps one visual token (``k_s = max(1, floor(N r))`` is 1 below 10^9 tokens)
+ONE_TOKEN = 1e-9
+
+
+def geometric_then_one_shape(p: float, num_decisions: int) -> tuple[float, ...]:
+    """V2Drop-shaped: each decision keeps the fraction ``p`` of the tokens the previous one kept
+    (``r_s = p^s``), and the last keeps one token (V2Drop's final ratio 0, docs/semantics.md §20).
+    One decision is just ``p`` (the shape must grow with ``p``)."""
+    if num_decisions == 1:
+        return (p,)
+    return tuple(p ** (s + 1) for s in range(num_decisions - 1)) + (ONE_TOKEN,)
+
+
 SCHEDULE_SHAPES: dict[str, Shape] = {
     "constant": constant_shape,
     "geometric": geometric_shape,
     "halving": halving_shape,
+    "geometric_then_one": geometric_then_one_shape,
 }
 
 

@@ -91,8 +91,11 @@ def rows(config, ratios: str, num_visual: int, num_text: int) -> list[Row]:
     for name in preset_names():
         if name in skipped:
             continue
+        published = getattr(PRESETS.get(name), "paper_ratios", None)
         for tier in PAPER_TIERS:
             target = target_avg_t(tier, num_visual)
+            if ratios == "paper" and published is not None and tier not in published:
+                continue  # a method that publishes no set at this tier (V2Drop: one setting)
             if name in NUWA_PRESETS and ratios == "paper" and publishes_keep_ratios(config):
                 keep = sorted(QWEN_RATIOS, reverse=True)[PAPER_TIERS.index(tier)]
                 routing = preset(name, keep * num_visual, model=config, ratios="paper", num_visual=num_visual)

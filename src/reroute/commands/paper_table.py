@@ -30,6 +30,7 @@ from reroute.eval.setup import DTYPES, VANILLA, check_routable, load_samples, on
 from reroute.eval.task import model_families
 from reroute.methods.nuwa.params import QWEN_RATIOS
 from reroute.methods.nuwa.presets import NUWA_PRESETS, publishes_keep_ratios
+from reroute.registry import PRESETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,8 +82,8 @@ def table_runs(ratios: str, model: Any = None) -> list[TableRun]:
         for index, tier in enumerate(PAPER_TIERS):
             if method in NUWA_PRESETS and nuwa_keeps is not None:
                 runs.append(TableRun(method, tier, f"{method}-{tier}-paper", "paper", nuwa_keeps[index]))
-            else:
-                runs.append(TableRun(method, tier, f"{method}-{tier}-{ratios}", ratios))
+            elif ratios != "paper" or tier in getattr(PRESETS.get(method), "paper_ratios", (tier,)):
+                runs.append(TableRun(method, tier, f"{method}-{tier}-{ratios}", ratios))  # no published set: no row
     return runs
 
 

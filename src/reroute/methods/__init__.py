@@ -26,6 +26,9 @@ from reroute.methods import fastv as _fastv  # noqa: E402, F401  isort: skip
 from reroute.methods import pdrop as _pdrop  # noqa: E402, F401  isort: skip
 from reroute.methods import reroute as _reroute  # noqa: E402, F401  isort: skip
 from reroute.methods import nuwa as _nuwa  # noqa: E402, F401  isort: skip
+from reroute.methods import random_tokens as _random_tokens  # noqa: E402, F401  isort: skip
+from reroute.methods import dart as _dart  # noqa: E402, F401  isort: skip
+from reroute.methods import v2drop as _v2drop  # noqa: E402, F401  isort: skip
 from reroute.methods import sparsevlm as _sparsevlm  # noqa: E402, F401  isort: skip
 from reroute.methods import divprune as _divprune  # noqa: E402, F401  isort: skip
 from reroute.methods import visionzip as _visionzip  # noqa: E402, F401  isort: skip

@@ -55,6 +55,12 @@ class ScoringInputs:
         quantity that does not depend on the batch the sample is in).
     prepared: ``(B, n)`` what the scorer's ``prepare`` derived once per prefill from the decoder's
         input for every prompt token (SparseVLM: its text raters), for the same tokens; else None.
+    previous_layer: the decoder layer before ``layer`` when ``previous_hidden`` is given (DART reads
+        its keys); ran_previous: ``(B, n)`` bool, the tokens that took part in that layer.
+    previous_scores: ``(B, n)`` what this scorer returned at the previous decision, for the same
+        tokens (-inf where it did not score them); None at the first decision or when that decision
+        kept every candidate unscored.
+    final_norm: the decoder's final norm (DART compares states after it).
     """
 
     layer: nn.Module
@@ -72,6 +78,10 @@ class ScoringInputs:
     previous_hidden: torch.Tensor | None = None
     sample_length: torch.Tensor | None = None
     prepared: torch.Tensor | None = None
+    previous_layer: nn.Module | None = None
+    ran_previous: torch.Tensor | None = None
+    previous_scores: torch.Tensor | None = None
+    final_norm: nn.Module | None = None
 
 
 def select_top_k(scores: torch.Tensor, candidates: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

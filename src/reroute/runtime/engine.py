@@ -154,7 +154,8 @@ class RoutedDecoder:
         # A scorer that compares a layer's input with the previous layer's (V2Drop) gets a full-length
         # copy of the states entering the layer before each of its score points.
         previous_points = {i - 1 for i in score_points if i >= 1} if self.scorer.reads_previous_layer else set()
-        previous: torch.Tensor | None = None
+        previous: _Previous | None = None
+        last_scores: torch.Tensor | None = None  # the previous decision's scores (docs/semantics.md §20)
         h = hidden
         if not bool(prompt.present[:, :length].all()):
             # The vision stage's removals act before layer 0: the first stage is already compact.
@@ -176,8 +177,9 @@ class RoutedDecoder:
                 scores = (
                     pending.pop(stage)
                     if stage in pending
-                    else self._score(layer, h, layout, buffer, prompt, stage, previous, prepared)
+                    else self._score(layer, h, layout, buffer, prompt, stage, previous, prepared, last_scores)
                 )
+                last_scores = scores
                 visual_now = prompt.visual[:, :length]
                 active_now = layout.active() if layout is not None else torch.ones_like(visual_now)
                 candidates = self.action.candidates(visual_now, active_now)
@@ -206,10 +208,14 @@ class RoutedDecoder:
                     buffer = with_trash_row(h)
                 elif not per_layer:
                     layout.scatter_(buffer, h)
-                pending[score_points[i]] = self._score(layer, h, layout, buffer, prompt, score_points[i], previous, prepared)
+                pending[score_points[i]] = self._score(
+                    layer, h, layout, buffer, prompt, score_points[i], previous, prepared, last_scores
+                )
 
             if i in previous_points:
-                previous = with_trash_row(h) if layout is None else _current(buffer, layout, h, per_layer)
+                states = with_trash_row(h) if layout is None else _current(buffer, layout, h, per_layer)
+                ran = torch.ones_like(prompt.visual[:, :length]) if layout is None else layout.active()
+                previous = _Previous(states, with_trash_row(ran), self.layers[i])
             layer_stage.append(-1 if layout is None else len(prompt_keys) - 1)
             h = self._run_layer(layer, h, mask, position_embeddings, position_ids, cache, use_cache, kwargs)
             if injections is not None and i < len(injections.after_layer):
@@ -276,8 +282,9 @@ class RoutedDecoder:
         buffer,
         prompt: _Prompt,
         stage: int,
-        previous: torch.Tensor | None = None,
+        previous: _Previous | None = None,
         prepared: torch.Tensor | None = None,
+        last_scores: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """``(B, L)`` scores of decision ``stage`` from ``layer``'s attention on its input (docs/semantics.md §2, §3);
         ``None`` when the decision keeps every candidate (nothing to score).
@@ -321,9 +328,13 @@ class RoutedDecoder:
             keep=prompt.keep[stage],
             decision=stage,
             params=self.config.scorer_parameters,
-            previous_hidden=None if previous is None else previous.gather(1, view[..., None].expand(*view.shape, previous.shape[-1])),
+            previous_hidden=None if previous is None else previous.states.gather(1, view[..., None].expand(*view.shape, previous.states.shape[-1])),
             sample_length=prompt.pad_valid[:, :length].sum(dim=1),
             prepared=None if prepared is None else prepared.gather(1, view),
+            previous_layer=None if previous is None else previous.layer,
+            ran_previous=None if previous is None else previous.ran.gather(1, view),
+            previous_scores=None if last_scores is None else with_trash_row(last_scores).gather(1, view),
+            final_norm=self.norm,
         )
         scores_view = self.scorer.score(inputs).float()
         scores = torch.full((h.shape[0], length + 1), float("-inf"), device=h.device)
@@ -398,6 +409,16 @@ class RoutedDecoder:
             mask = stock_mask if stage < 0 else stage_masks[stage]
             h = self._run_layer(layer, h, mask, position_embeddings, positions.text, cache, use_cache, kwargs)
         return self.norm(h)
+
+
+@dataclass(frozen=True)
+class _Previous:
+    """The layer before a score point, as a scorer that reads it sees it (docs/semantics.md §19):
+    every token's state entering it and whether the token took part in it (both ``(B, L + 1, ...)``)."""
+
+    states: torch.Tensor
+    ran: torch.Tensor
+    layer: nn.Module
 
 
 def _current(buffer: torch.Tensor, layout: Layout, h: torch.Tensor, per_layer: bool) -> torch.Tensor:
