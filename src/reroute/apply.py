@@ -39,6 +39,7 @@ from reroute.runtime.masks import SUPPORTED_ATTENTION
 from reroute.methods import get_vision_stage
 from reroute.methods.vision_stage import split_dropped
 from reroute.runtime.patching import Patch
+from reroute.runtime.static_cache import RoutedStaticCache, full_attention_mask, prefill_padding
 from reroute.runtime.trace import Trace
 
 
@@ -56,6 +57,14 @@ class _Wanted:
 
     hidden: bool | int | list[int]  # output_hidden_states: a flag, or the indices of the states wanted
     attentions: bool
+
+
+@dataclass(frozen=True)
+class _StaticRouting:
+    """What a routed static cache carries for its decode steps: whose prefill filled it, and its decisions."""
+
+    owner: int  # id of the RoutingHandle
+    state: DecodeState
 
 
 # Set for the duration of one multimodal forward; reset in `finally`, so it never outlives the call.
@@ -120,6 +129,9 @@ class RoutingHandle:
             (self.multimodal_model, Patch(self.multimodal_model, "forward", self._multimodal_forward)),
             (self.text_model, Patch(self.text_model, "forward", self._text_forward)),
         ]
+        if compat.ROUTED_STATIC_CACHE and hasattr(model, compat.STATIC_CACHE_BUILDER):
+            # generate(cache_implementation="static") builds a routed static cache (docs/semantics.md §17)
+            self._patches.append((model, Patch(model, compat.STATIC_CACHE_BUILDER, self._static_cache)))
         if config.vision_stage is not None:
             stage_features = get_vision_stage(config.vision_stage).image_features(model, config.vision_parameters)
             patch = Patch(self.multimodal_model, "get_image_features", lambda _original, *a, **k: stage_features(*a, **k))
@@ -154,7 +166,16 @@ class RoutingHandle:
         finally:
             CURRENT_GENERATE.reset(token)
 
+    def _static_cache(self, original, *args, **kwargs) -> RoutedStaticCache:
+        """The cache generate() builds for ``cache_implementation="static"``: routed, with the stock one's size."""
+        return RoutedStaticCache.like(original(*args, **kwargs), self.model.config)
+
     def _multimodal_forward(self, original, *args, **kwargs):
+        cache = kwargs.get(compat.CACHE_KEYWORD)
+        if self._static_decode(cache) and not _brings_visual(kwargs):
+            # A decode step on a routed static cache: the cache says how to route it, and this path stays
+            # free of graph breaks so that generate() can compile the step whole (docs/semantics.md §17).
+            return original(*args, **kwargs)
         arguments = self._multimodal_signature.bind_partial(*args, **kwargs).arguments
         arguments = {**arguments.pop("kwargs", {}), **arguments}
         input_ids, inputs_embeds = arguments.get("input_ids"), arguments.get("inputs_embeds")
@@ -187,6 +208,11 @@ class RoutingHandle:
         **kwargs,
     ):
         cache = kwargs.pop("past_key_values", cache)  # the decoder's cache keyword before transformers 5.24
+        if self._static_decode(cache):
+            return self._continue_static(inputs_embeds, input_ids, attention_mask, position_ids, cache, use_cache, kwargs)
+        if isinstance(cache, RoutedStaticCache):  # its prefill: generate() passes the 4-D mask it built for it
+            length = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
+            attention_mask = prefill_padding(attention_mask, length)
         call = _CURRENT_CALL.get()
         if call is None:  # the decoder was called on its own, not through the VLM: nothing to route
             return original(
@@ -253,6 +279,37 @@ class RoutingHandle:
     def _recording(self, wanted: _Wanted):
         return outputs.recording(self.decoder.layers, bool(wanted.hidden), wanted.attentions)
 
+    def _static_decode(self, cache) -> bool:
+        """True for a decode step on a routed static cache this handle's prefill filled."""
+        return isinstance(cache, RoutedStaticCache) and getattr(cache.routing_state, "owner", None) == id(self)
+
+    def _continue_static(self, embeds, input_ids, attention_mask, position_ids, cache, use_cache, kwargs):
+        """Decode step(s) on a routed static cache: static shapes, no tensor value read (compilable whole)."""
+        kwargs.pop("return_dict", None)
+        for name in compat.STOCK_ONLY_KWARGS:
+            kwargs.pop(name, None)
+        wanted = self._wanted_outputs(kwargs)
+        if wanted.attentions:
+            raise ValueError(
+                "output_attentions=True is not supported with a routed static cache; drop cache_implementation='static' "
+                "to get attention weights from the default DynamicCache"
+            )
+        if embeds is None:
+            embeds = self.text_model.embed_tokens(input_ids)
+        if use_cache is None:
+            use_cache = self.text_model.config.use_cache
+        state = cache.routing_state.state
+        positions = self.backbone.positions(position_ids, embeds, cache.get_seq_length())
+        full_mask = full_attention_mask(attention_mask)
+        if full_mask is None or full_mask.ndim == 2:  # a forward outside generate(): build the mask generate() builds
+            full_mask = self.decoder.compat.causal_mask(self.text_model.config, embeds, full_mask, cache, positions.text)
+        with self._recording(wanted) as record:
+            hidden = self.decoder.decode_static(embeds, full_mask, positions, cache, use_cache, state, kwargs)
+        hidden_states = None
+        if wanted.hidden:
+            hidden_states = outputs.select_hidden_states(outputs.decode_hidden_states(embeds, record, hidden), wanted.hidden)
+        return compat.decoder_output(hidden, cache, hidden_states=hidden_states)
+
     def _continue(self, embeds, attention_mask, positions, cache, use_cache, state, past: int, wanted: _Wanted, kwargs):
         """Decode step(s) on a routed cache: the new tokens take part in every layer."""
         with self._recording(wanted) as record:
@@ -279,6 +336,8 @@ class RoutingHandle:
             work_cache = cache if cache is not None else compat.new_cache(self.text_model.config)
         else:
             work_cache = cache
+        if isinstance(work_cache, RoutedStaticCache):
+            work_cache.begin_prompt(prompt_length)  # sizes each layer by the entries its prefill writes
         visual = call.visual
         if visual is None or visual.shape != embeds.shape[:2]:
             visual = torch.zeros(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
@@ -321,6 +380,8 @@ class RoutingHandle:
         self.trace = trace
         if use_cache:
             self._decode_states[work_cache] = state
+            if isinstance(work_cache, RoutedStaticCache):
+                work_cache.routing_state = _StaticRouting(owner=id(self), state=state)
             compat.crop_per_layer(work_cache, functools.partial(state.past_length, work_cache))
         return compat.decoder_output(
             hidden,

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from reroute.runtime.compat import GenerationMode, is_plain_dynamic_cache
+from reroute.runtime.compat import ROUTED_STATIC_CACHE, GenerationMode, is_plain_dynamic_cache
+from reroute.runtime.static_cache import RoutedStaticCache
 
 RESTORE = "or call handle.restore() first"
 
@@ -47,16 +48,24 @@ def _setting(name: str, kwargs: dict, generation_config, model):
     return None
 
 
+#: cache_implementation values a routed generate() runs (static ones build a RoutedStaticCache, docs/semantics.md §17)
+ROUTED_CACHE_IMPLEMENTATIONS = (None, "dynamic") + (("static", "offloaded_static") if ROUTED_STATIC_CACHE else ())
+
+
 def check_cache(cache) -> None:
-    """Refuse a cache the routed decoder cannot fill: per-layer lengths differ, only plain dynamic layers allow it."""
+    """Refuse a cache the routed decoder cannot fill: per-layer lengths differ, which plain dynamic layers
+    and reroute's own `RoutedStaticCache` allow."""
     if cache is None or isinstance(cache, tuple):
         return  # tuples are refused by transformers itself
+    if isinstance(cache, RoutedStaticCache) and ROUTED_STATIC_CACHE:
+        return
     plain = is_plain_dynamic_cache(cache)
     if not plain or getattr(cache, "offloading", False):
         kind = type(cache).__name__ + (" with offloading" if getattr(cache, "offloading", False) else "")
+        fix = "a DynamicCache, a reroute RoutedStaticCache (or none)" if ROUTED_STATIC_CACHE else "a DynamicCache (or none)"
         raise ValueError(
             f"{kind} is not supported on a routed model: its layers' caches have different lengths, which only a plain "
-            f"DynamicCache holds; pass a DynamicCache (or none), {RESTORE}"
+            f"DynamicCache or a RoutedStaticCache holds; pass {fix}, {RESTORE}"
         )
 
 
@@ -96,10 +105,11 @@ def check_generate(model, args: tuple, kwargs: dict) -> int | None:
             f"checked against its per-layer caches; use greedy, sampling, beam search or assisted decoding, {RESTORE}"
         )
     implementation = _setting("cache_implementation", kwargs, generation_config, model)
-    if implementation not in (None, "dynamic"):
+    if implementation not in ROUTED_CACHE_IMPLEMENTATIONS:
+        held = "the default DynamicCache and the static caches hold" if ROUTED_STATIC_CACHE else "only the default DynamicCache holds"
         raise ValueError(
             f"cache_implementation={implementation!r} is not supported on a routed model: its layers' caches have "
-            f"different lengths, which only the default DynamicCache holds; drop cache_implementation, {RESTORE}"
+            f"different lengths, which {held}; drop cache_implementation, {RESTORE}"
         )
     if _setting("prefill_chunk_size", kwargs, generation_config, model) is not None:
         raise ValueError(
