@@ -39,7 +39,7 @@ from reroute.runtime.masks import SUPPORTED_ATTENTION
 from reroute.methods import get_vision_stage
 from reroute.methods.vision_stage import split_dropped
 from reroute.runtime.patching import Patch
-from reroute.runtime.static_cache import RoutedStaticCache, full_attention_mask, prefill_padding
+from reroute.runtime.static_cache import NO_ATTENTIONS, RoutedStaticCache, full_attention_mask, prefill_padding
 from reroute.runtime.trace import Trace
 
 
@@ -72,6 +72,7 @@ _CURRENT_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("re
 
 # keyword arguments through which a multimodal forward receives images or video (or their features)
 _VISUAL_INPUTS = ("pixel_values", "pixel_values_videos", "image_embeds", "video_embeds", "mm_encoder_outputs")
+NEW_VISUAL_ON_ROUTED_CACHE = "new visual tokens cannot continue a routed cache; start a new generate() call for a new image"
 UNKNOWN_POSITIONS = (
     "visual positions unknown (inputs_embeds without input_ids or pixel values): this call ran unrouted; "
     "pass input_ids, or inputs_embeds together with the pixel values"
@@ -172,9 +173,11 @@ class RoutingHandle:
 
     def _multimodal_forward(self, original, *args, **kwargs):
         cache = kwargs.get(compat.CACHE_KEYWORD)
-        if self._static_decode(cache) and not _brings_visual(kwargs):
+        if self._static_decode(cache):
             # A decode step on a routed static cache: the cache says how to route it, and this path stays
             # free of graph breaks so that generate() can compile the step whole (docs/semantics.md §17).
+            if _brings_visual(kwargs):
+                raise ValueError(NEW_VISUAL_ON_ROUTED_CACHE)
             return original(*args, **kwargs)
         arguments = self._multimodal_signature.bind_partial(*args, **kwargs).arguments
         arguments = {**arguments.pop("kwargs", {}), **arguments}
@@ -228,6 +231,8 @@ class RoutingHandle:
         for name in compat.STOCK_ONLY_KWARGS:  # recomputed by the routed loop
             kwargs.pop(name, None)
         wanted = self._wanted_outputs(kwargs)
+        if wanted.attentions and isinstance(cache, RoutedStaticCache):
+            raise ValueError(NO_ATTENTIONS)
         if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2):
             raise ValueError("reroute needs the 2-D padding attention_mask (batch, length) that processors return")
         if inputs_embeds is None:
@@ -240,9 +245,7 @@ class RoutingHandle:
         positions = self.backbone.positions(position_ids, inputs_embeds, past)
         if state is not None:
             if call.visual is not None and bool(call.visual.any()):
-                raise ValueError(
-                    "new visual tokens cannot continue a routed cache; start a new generate() call for a new image"
-                )
+                raise ValueError(NEW_VISUAL_ON_ROUTED_CACHE)
             # decode steps, or a continuation with more text: new tokens attend to each layer's cached active keys
             return self._continue(
                 inputs_embeds, attention_mask, positions, cache, use_cache, state, past, wanted, kwargs
@@ -290,10 +293,7 @@ class RoutingHandle:
             kwargs.pop(name, None)
         wanted = self._wanted_outputs(kwargs)
         if wanted.attentions:
-            raise ValueError(
-                "output_attentions=True is not supported with a routed static cache; drop cache_implementation='static' "
-                "to get attention weights from the default DynamicCache"
-            )
+            raise ValueError(NO_ATTENTIONS)
         if embeds is None:
             embeds = self.text_model.embed_tokens(input_ids)
         if use_cache is None:

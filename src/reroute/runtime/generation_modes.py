@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from reroute.runtime.compat import ROUTED_STATIC_CACHE, GenerationMode, is_plain_dynamic_cache
-from reroute.runtime.static_cache import RoutedStaticCache
+from reroute.runtime.static_cache import NO_ATTENTIONS, RoutedStaticCache
 
 RESTORE = "or call handle.restore() first"
 
@@ -48,8 +48,9 @@ def _setting(name: str, kwargs: dict, generation_config, model):
     return None
 
 
-#: cache_implementation values a routed generate() runs (static ones build a RoutedStaticCache, docs/semantics.md §17)
-ROUTED_CACHE_IMPLEMENTATIONS = (None, "dynamic") + (("static", "offloaded_static") if ROUTED_STATIC_CACHE else ())
+#: cache_implementation values a routed generate() runs ("static" builds a RoutedStaticCache, docs/semantics.md §17;
+#: "offloaded_static" needs CUDA streams and has not been checked on a routed model)
+ROUTED_CACHE_IMPLEMENTATIONS = (None, "dynamic") + (("static",) if ROUTED_STATIC_CACHE else ())
 
 
 def check_cache(cache) -> None:
@@ -57,15 +58,18 @@ def check_cache(cache) -> None:
     and reroute's own `RoutedStaticCache` allow."""
     if cache is None or isinstance(cache, tuple):
         return  # tuples are refused by transformers itself
-    if isinstance(cache, RoutedStaticCache) and ROUTED_STATIC_CACHE:
+    if isinstance(cache, RoutedStaticCache) and ROUTED_STATIC_CACHE and not cache.offloading:
         return
     plain = is_plain_dynamic_cache(cache)
     if not plain or getattr(cache, "offloading", False):
         kind = type(cache).__name__ + (" with offloading" if getattr(cache, "offloading", False) else "")
-        fix = "a DynamicCache, a reroute RoutedStaticCache (or none)" if ROUTED_STATIC_CACHE else "a DynamicCache (or none)"
+        if ROUTED_STATIC_CACHE:
+            held, fix = "a plain DynamicCache or a RoutedStaticCache holds", "one of them (or none)"
+        else:
+            held, fix = "only a plain DynamicCache holds", "a DynamicCache (or none)"
         raise ValueError(
-            f"{kind} is not supported on a routed model: its layers' caches have different lengths, which only a plain "
-            f"DynamicCache or a RoutedStaticCache holds; pass {fix}, {RESTORE}"
+            f"{kind} is not supported on a routed model: its layers' caches have different lengths, which {held}; "
+            f"pass {fix}, {RESTORE}"
         )
 
 
@@ -106,11 +110,16 @@ def check_generate(model, args: tuple, kwargs: dict) -> int | None:
         )
     implementation = _setting("cache_implementation", kwargs, generation_config, model)
     if implementation not in ROUTED_CACHE_IMPLEMENTATIONS:
-        held = "the default DynamicCache and the static caches hold" if ROUTED_STATIC_CACHE else "only the default DynamicCache holds"
+        if ROUTED_STATIC_CACHE:
+            held, fix = "the default DynamicCache and cache_implementation='static' hold", "use one of them"
+        else:
+            held, fix = "only the default DynamicCache holds", "drop cache_implementation"
         raise ValueError(
             f"cache_implementation={implementation!r} is not supported on a routed model: its layers' caches have "
-            f"different lengths, which {held}; drop cache_implementation, {RESTORE}"
+            f"different lengths, which {held}; {fix}, {RESTORE}"
         )
+    if implementation == "static" and _setting("output_attentions", kwargs, generation_config, model):
+        raise ValueError(NO_ATTENTIONS)
     if _setting("prefill_chunk_size", kwargs, generation_config, model) is not None:
         raise ValueError(
             "prefill_chunk_size is not supported on a routed model: a decision needs the whole prompt in one forward; "

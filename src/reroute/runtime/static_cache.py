@@ -24,6 +24,13 @@ from reroute.runtime.compat import Cache, StaticLayer
 from reroute.runtime.masks import to_implementation
 
 
+#: attention weights over a layer's static slots are not mapped back to prompt positions (docs/semantics.md §17)
+NO_ATTENTIONS = (
+    "output_attentions=True is not supported with a routed static cache; drop cache_implementation='static' "
+    "to get attention weights from the default DynamicCache"
+)
+
+
 class RoutedStaticLayer(StaticLayer):
     """A ``StaticLayer`` sized by its first write: the prompt entries it receives plus the decode room.
 
@@ -170,4 +177,4 @@ def key_room(cache) -> int:
     return cache.decode_room if isinstance(cache, RoutedStaticCache) else 0
 
 
-__all__ = ["RoutedStaticCache", "RoutedStaticLayer", "decode_masks", "key_room", "pad_key_slots", "prefill_padding"]
+__all__ = ["NO_ATTENTIONS", "RoutedStaticCache", "RoutedStaticLayer", "decode_masks", "key_room", "pad_key_slots", "prefill_padding"]
