@@ -23,7 +23,6 @@ import torch
 from reroute.runtime.compat import Cache, StaticLayer
 from reroute.runtime.masks import to_implementation
 
-
 #: attention weights over a layer's static slots are not mapped back to prompt positions (docs/semantics.md §17)
 NO_ATTENTIONS = (
     "output_attentions=True is not supported with a routed static cache; drop cache_implementation='static' "
