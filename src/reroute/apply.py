@@ -9,6 +9,8 @@ loop). ``restore()`` removes exactly those, so parameters, buffers and class cod
 changed and a wrapper another library set first comes back. A config with a vision stage
 (Nüwa) patches a fourth, the multimodal model's ``get_image_features``: the stage runs where
 the stock model encodes images, also when generate() encodes them before the first forward.
+On transformers 5.24 the VLM's ``_prepare_static_cache`` is patched too, so that
+``generate(cache_implementation="static")`` builds a `RoutedStaticCache` (docs/semantics.md §17).
 
 The visual positions reach the decoder through a context variable that lives exactly as long
 as one call of the multimodal forward. Decode steps find their prefill's decisions through
