@@ -215,9 +215,6 @@ class RoutingHandle:
         cache = kwargs.pop("past_key_values", cache)  # the decoder's cache keyword before transformers 5.24
         if self._static_decode(cache):
             return self._continue_static(inputs_embeds, input_ids, attention_mask, position_ids, cache, use_cache, kwargs)
-        if isinstance(cache, RoutedStaticCache):  # its prefill: generate() passes the 4-D mask it built for it
-            length = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
-            attention_mask = prefill_padding(attention_mask, length)
         call = _CURRENT_CALL.get()
         if call is None:  # the decoder was called on its own, not through the VLM: nothing to route
             return original(
@@ -233,8 +230,11 @@ class RoutingHandle:
         for name in compat.STOCK_ONLY_KWARGS:  # recomputed by the routed loop
             kwargs.pop(name, None)
         wanted = self._wanted_outputs(kwargs)
-        if wanted.attentions and isinstance(cache, RoutedStaticCache):
-            raise ValueError(NO_ATTENTIONS)
+        if isinstance(cache, RoutedStaticCache):  # its prefill: generate() passes the 4-D mask it built for it
+            if wanted.attentions:
+                raise ValueError(NO_ATTENTIONS)
+            length = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
+            attention_mask = prefill_padding(attention_mask, length)
         if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2):
             raise ValueError("reroute needs the 2-D padding attention_mask (batch, length) that processors return")
         if inputs_embeds is None:
