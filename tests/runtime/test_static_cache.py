@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 from tests.helpers.batches import mixed_prompts, single
-from tests.helpers.models import FAMILIES, llava_batch, llava_prompt, tiny_llava
+from tests.helpers.models import FAMILIES, llava_batch, llava_prompt, qwen_batch, qwen_prompt, tiny_llava, tiny_qwen
 from transformers import StaticCache
 
 import reroute
@@ -171,3 +171,16 @@ def test_refusals_of_a_routed_static_cache():
         with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             model(**inputs, **{CACHE_KEYWORD: too_short}, use_cache=True)
         assert handle.trace is trace  # every refusal came before a prefill ran
+
+
+@pytest.mark.parametrize("name", ["nuwa", "nuwa_reroute"])
+def test_static_generate_with_a_vision_stage_equals_dynamic(name):
+    """Nüwa drops visual tokens before layer 0: every layer's cache is compact, and the positions the
+    cache reports stay the full prompt's (docs/semantics.md §17)."""
+    model = tiny_qwen("qwen2_5_vl")
+    config = reroute.preset(name, tier=64 * 24 / 576 * 2, model=model, num_visual=24)
+    prompts = [qwen_prompt(image_grids=((1, 8, 12),), seed=4), qwen_prompt(image_grids=((1, 8, 8),), text_before=6, seed=5)]
+    for side in ("left", "right"):
+        dynamic, static, trace = _generate_both(model, config, qwen_batch(prompts, side))
+        assert torch.equal(static.sequences, dynamic)
+        assert max(trace.cache_lengths) < static.sequences.shape[1] - NEW  # layer 0 is compact too
