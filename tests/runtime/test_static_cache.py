@@ -184,3 +184,18 @@ def test_static_generate_with_a_vision_stage_equals_dynamic(name):
         dynamic, static, trace = _generate_both(model, config, qwen_batch(prompts, side))
         assert torch.equal(static.sequences, dynamic)
         assert max(trace.cache_lengths) < static.sequences.shape[1] - NEW  # layer 0 is compact too
+
+
+def test_static_scores_and_hidden_states_equal_dynamic():
+    model = tiny_llava()
+    inputs = _batch_llava()
+    options = dict(GREEDY, return_dict_in_generate=True, output_logits=True, output_hidden_states=True)
+    with reroute.apply(model, CONFIGS["reroute"]), torch.no_grad():
+        dynamic = model.generate(**inputs, **options)
+        static = model.generate(**inputs, cache_implementation="static", **options)
+    for a, b in zip(static.logits, dynamic.logits):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    for step_a, step_b in zip(static.hidden_states, dynamic.hidden_states):
+        assert len(step_a) == len(step_b)
+        for a, b in zip(step_a, step_b):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

@@ -208,7 +208,8 @@ GENERATE = {
     "beam_search_dict": dict(do_sample=False, num_beams=2, return_dict_in_generate=True, output_scores=True),
     "beam_sample": dict(do_sample=True, num_beams=2),
     "prompt_lookup": dict(do_sample=False, prompt_lookup_num_tokens=2),
-    "static_cache": dict(do_sample=False, cache_implementation="static", return_dict_in_generate=True, output_scores=True),
+    "static_cache": dict(do_sample=False, cache_implementation="static", return_dict_in_generate=True, output_scores=True,
+                         output_hidden_states=True),
     "static_cache_beams": dict(do_sample=False, num_beams=2, cache_implementation="static"),
 }
 
