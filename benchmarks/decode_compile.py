@@ -6,8 +6,8 @@ routed static cache against the dynamic cache and vanilla (docs/semantics.md §1
     python benchmarks/decode_compile.py --shape tiny --new 8   # a smoke run
     python benchmarks/decode_compile.py --shape llava-1.5-7b --device cuda --mode reduce-overhead
 
-Decode latency per token is the time of generate() with ``--new`` tokens minus the time with one token,
-over ``new - 1``: the prefill (eager in both, see docs/supported-modes.md) cancels. Compiled rows use
+Decode latency per token is the median time between two consecutive tokens' logits inside generate()
+(one decode step, the sampling loop's own overhead included; the prefill is not in it). Compiled rows use
 generate()'s own compiled decode step (static cache + ``compile_config``); the compilation happens in a
 warm-up call that is not timed. Random weights: only the times and bytes mean anything.
 """
@@ -20,7 +20,7 @@ import sys
 import time
 
 import torch
-from transformers import CompileConfig
+from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList
 
 import reroute
 from reroute.bench.shapes import BENCH_SHAPES, build_model, make_inputs
@@ -38,22 +38,28 @@ def _generate(model, inputs, new: int, **options):
     return model.generate(**inputs, do_sample=False, max_new_tokens=new, min_new_tokens=new, **options)
 
 
-def _seconds(model, inputs, new: int, repeats: int, **options) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        with torch.no_grad():
-            _generate(model, inputs, new, **options)
-        if inputs["input_ids"].device.type == "cuda":
+class _StepClock(LogitsProcessor):
+    """Records the time generate() reaches each token's logits: consecutive differences are decode steps."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        if scores.device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        self.times.append(time.perf_counter())
+        return scores
 
 
 def per_token_ms(model, inputs, new: int, repeats: int, **options) -> float:
-    long = _seconds(model, inputs, new, repeats, **options)
-    short = _seconds(model, inputs, 1, repeats, **options)
-    return 1000 * (long - short) / (new - 1)
+    """Median time between consecutive tokens' logits (one decode step each), over ``repeats`` calls."""
+    steps = []
+    for _ in range(repeats):
+        clock = _StepClock()
+        with torch.no_grad():
+            _generate(model, inputs, new, logits_processor=LogitsProcessorList([clock]), **options)
+        steps += [b - a for a, b in zip(clock.times, clock.times[1:])]
+    return 1000 * statistics.median(steps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="reroute_vs_pdrop")
     parser.add_argument("--tier", type=float, default=64, help="avg_T in the paper's units (of 576 visual tokens)")
     parser.add_argument("--new", type=int, default=17, help="tokens generated in the timed call (>= 2)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--backend", default="inductor")
     parser.add_argument("--mode", default=None, help="torch.compile mode (reduce-overhead: CUDA graphs on GPU)")
     args = parser.parse_args(argv)
