@@ -70,10 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tier", type=float, default=64, help="avg_T in the paper's units (of 576 visual tokens)")
     parser.add_argument("--new", type=int, default=17, help="tokens generated in the timed call (>= 2)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (reroute bench times one thread too)")
     parser.add_argument("--backend", default="inductor")
     parser.add_argument("--mode", default=None, help="torch.compile mode (reduce-overhead: CUDA graphs on GPU)")
     args = parser.parse_args(argv)
 
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model(args.shape, device=args.device)
     inputs = make_inputs(model)
