@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     compile_config = CompileConfig(fullgraph=True, dynamic=False, backend=args.backend, mode=args.mode)
     compile_config._compile_all_devices = True  # generate() compiles on accelerators only unless told
     config = reroute.preset(args.preset, args.tier, model=model)
-    print(f"# shape {args.shape} on {args.device}, {model.dtype!s}, prompt {inputs['input_ids'].shape[1]} tokens, "
+    print(f"# shape {args.shape} on {args.device} ({torch.get_num_threads()} threads), {model.dtype!s}, prompt {inputs['input_ids'].shape[1]} tokens, "
           f"{args.new} new tokens; routed: {args.preset} tier {args.tier:g} = {config}")  # fmt: skip
 
     rows = []
