@@ -9,6 +9,8 @@ loop). ``restore()`` removes exactly those, so parameters, buffers and class cod
 changed and a wrapper another library set first comes back. A config with a vision stage
 (Nüwa) patches a fourth, the multimodal model's ``get_image_features``: the stage runs where
 the stock model encodes images, also when generate() encodes them before the first forward.
+On transformers 5.24 the VLM's ``_prepare_static_cache`` is patched too, so that
+``generate(cache_implementation="static")`` builds a `RoutedStaticCache` (docs/semantics.md §17).
 
 The visual positions reach the decoder through a context variable that lives exactly as long
 as one call of the multimodal forward. Decode steps find their prefill's decisions through
@@ -46,6 +48,7 @@ from reroute.runtime.masks import SUPPORTED_ATTENTION, key_padding, padding_from
 from reroute.methods import get_vision_stage
 from reroute.methods.vision_stage import split_dropped
 from reroute.runtime.patching import Patch, execution_devices, forward_attribute
+from reroute.runtime.static_cache import NO_ATTENTIONS, RoutedStaticCache, full_attention_mask, prefill_padding
 from reroute.runtime.trace import Trace
 
 
@@ -66,11 +69,20 @@ class _Wanted:
     weightless: bool = False  # output_attentions under an implementation without weights (SDPA): stock's answer
 
 
+@dataclass(frozen=True)
+class _StaticRouting:
+    """What a routed static cache carries for its decode steps: whose prefill filled it, and its decisions."""
+
+    owner: int  # id of the RoutingHandle
+    state: DecodeState
+
+
 # Set for the duration of one multimodal forward; reset in `finally`, so it never outlives the call.
 _CURRENT_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("reroute_call", default=None)
 
 # keyword arguments through which a multimodal forward receives images or video (or their features)
 _VISUAL_INPUTS = ("pixel_values", "pixel_values_videos", "image_embeds", "video_embeds", "mm_encoder_outputs")
+NEW_VISUAL_ON_ROUTED_CACHE = "new visual tokens cannot continue a routed cache; start a new generate() call for a new image"
 UNKNOWN_POSITIONS = (
     "visual positions unknown (inputs_embeds without input_ids or pixel values): this call ran unrouted; "
     "pass input_ids, or inputs_embeds together with the pixel values"
@@ -148,6 +160,9 @@ class RoutingHandle:
             # inside accelerate's hook when the decoder carries one (a device map that places it as one unit)
             (self.text_model, Patch(self.text_model, forward_attribute(self.text_model), self._text_forward)),
         ]
+        if compat.ROUTED_STATIC_CACHE and hasattr(model, compat.STATIC_CACHE_BUILDER):
+            # generate(cache_implementation="static") builds a routed static cache (docs/semantics.md §17)
+            self._patches.append((model, Patch(model, compat.STATIC_CACHE_BUILDER, self._static_cache)))
         if config.vision_stage is not None:
             stage_features = get_vision_stage(config.vision_stage).image_features(model, config.vision_parameters)
             patch = Patch(self.multimodal_model, "get_image_features", lambda _original, *a, **k: stage_features(*a, **k))
@@ -182,7 +197,18 @@ class RoutingHandle:
         finally:
             CURRENT_GENERATE.reset(token)
 
+    def _static_cache(self, original, *args, **kwargs) -> RoutedStaticCache:
+        """The cache generate() builds for ``cache_implementation="static"``: routed, with the stock one's size."""
+        return RoutedStaticCache.like(original(*args, **kwargs), self.model.config)
+
     def _multimodal_forward(self, original, *args, **kwargs):
+        cache = kwargs.get(compat.CACHE_KEYWORD)
+        if self._static_decode(cache):
+            # A decode step on a routed static cache: the cache says how to route it, and this path stays
+            # free of graph breaks so that generate() can compile the step whole (docs/semantics.md §17).
+            if _brings_visual(kwargs):
+                raise ValueError(NEW_VISUAL_ON_ROUTED_CACHE)
+            return original(*args, **kwargs)
         arguments = self._multimodal_signature.bind_partial(*args, **kwargs).arguments
         arguments = {**arguments.pop("kwargs", {}), **arguments}
         input_ids, inputs_embeds = arguments.get("input_ids"), arguments.get("inputs_embeds")
@@ -215,6 +241,8 @@ class RoutingHandle:
         **kwargs,
     ):
         cache = kwargs.pop("past_key_values", cache)  # the decoder's cache keyword before transformers 5.24
+        if self._static_decode(cache):
+            return self._continue_static(inputs_embeds, input_ids, attention_mask, position_ids, cache, use_cache, kwargs)
         call = _CURRENT_CALL.get()
         if call is None:  # the decoder was called on its own, not through the VLM: nothing to route
             return original(
@@ -230,6 +258,11 @@ class RoutingHandle:
         for name in compat.STOCK_ONLY_KWARGS:  # recomputed by the routed loop
             kwargs.pop(name, None)
         wanted = self._wanted_outputs(kwargs)
+        if isinstance(cache, RoutedStaticCache):  # its prefill: generate() passes the 4-D mask it built for it
+            if wanted.attentions:
+                raise ValueError(NO_ATTENTIONS)
+            length = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
+            attention_mask = prefill_padding(attention_mask, length)
         if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.ndim in (2, 4)):
             raise ValueError(MASK_SHAPES)
         if inputs_embeds is None:
@@ -244,9 +277,7 @@ class RoutingHandle:
             attention_mask = self._custom_mask(attention_mask, call, state, cache)
         if state is not None:
             if call.visual is not None and bool(call.visual.any()):
-                raise ValueError(
-                    "new visual tokens cannot continue a routed cache; start a new generate() call for a new image"
-                )
+                raise ValueError(NEW_VISUAL_ON_ROUTED_CACHE)
             # decode steps, or a continuation with more text: new tokens attend to each layer's cached active keys
             return self._continue(
                 inputs_embeds, attention_mask, positions, cache, use_cache, state, past, wanted, kwargs
@@ -306,6 +337,34 @@ class RoutingHandle:
     def _recording(self, wanted: _Wanted):
         return outputs.recording(self.decoder.layers, bool(wanted.hidden), wanted.attentions)
 
+    def _static_decode(self, cache) -> bool:
+        """True for a decode step on a routed static cache this handle's prefill filled."""
+        return isinstance(cache, RoutedStaticCache) and getattr(cache.routing_state, "owner", None) == id(self)
+
+    def _continue_static(self, embeds, input_ids, attention_mask, position_ids, cache, use_cache, kwargs):
+        """Decode step(s) on a routed static cache: static shapes, no tensor value read (compilable whole)."""
+        kwargs.pop("return_dict", None)
+        for name in compat.STOCK_ONLY_KWARGS:
+            kwargs.pop(name, None)
+        wanted = self._wanted_outputs(kwargs)
+        if wanted.attentions:
+            raise ValueError(NO_ATTENTIONS)
+        if embeds is None:
+            embeds = self.text_model.embed_tokens(input_ids)
+        if use_cache is None:
+            use_cache = self.text_model.config.use_cache
+        state = cache.routing_state.state
+        positions = self.backbone.positions(position_ids, embeds, cache.get_seq_length())
+        full_mask = full_attention_mask(attention_mask)
+        if full_mask is None or full_mask.ndim == 2:  # a forward outside generate(): build the mask generate() builds
+            full_mask = self.decoder.compat.causal_mask(self.text_model.config, embeds, full_mask, cache, positions.text)
+        with self._recording(wanted) as record:
+            hidden = self.decoder.decode_static(embeds, full_mask, positions, cache, use_cache, state, kwargs)
+        hidden_states = None
+        if wanted.hidden:
+            hidden_states = outputs.select_hidden_states(outputs.decode_hidden_states(embeds, record, hidden), wanted.hidden)
+        return compat.decoder_output(hidden, cache, hidden_states=hidden_states)
+
     def _continue(self, embeds, attention_mask, positions, cache, use_cache, state, past: int, wanted: _Wanted, kwargs):
         """Decode step(s) on a routed cache: the new tokens take part in every layer."""
         with self._recording(wanted) as record:
@@ -333,6 +392,8 @@ class RoutingHandle:
             work_cache = cache if cache is not None else compat.new_cache(self.text_model.config)
         else:
             work_cache = cache
+        if isinstance(work_cache, RoutedStaticCache):
+            work_cache.begin_prompt(prompt_length)  # sizes each layer by the entries its prefill writes
         visual = call.visual
         if visual is None or visual.shape != embeds.shape[:2]:
             visual = torch.zeros(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
@@ -383,6 +444,8 @@ class RoutingHandle:
                 torch.ones(visual.shape, dtype=torch.bool, device=visual.device) if prompt_mask is None
                 else key_padding(prompt_mask)
             )
+            if isinstance(work_cache, RoutedStaticCache):
+                work_cache.routing_state = _StaticRouting(owner=id(self), state=state)
             compat.crop_per_layer(work_cache, functools.partial(state.past_length, work_cache))
         return compat.decoder_output(
             hidden,

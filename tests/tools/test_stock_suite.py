@@ -206,6 +206,9 @@ GENERATE = {
     "beam_search_dict": dict(do_sample=False, num_beams=2, return_dict_in_generate=True, output_scores=True),
     "beam_sample": dict(do_sample=True, num_beams=2),
     "prompt_lookup": dict(do_sample=False, prompt_lookup_num_tokens=2),
+    "static_cache": dict(do_sample=False, cache_implementation="static", return_dict_in_generate=True, output_scores=True,
+                         output_hidden_states=True),
+    "static_cache_beams": dict(do_sample=False, num_beams=2, cache_implementation="static"),
 }
 
 
@@ -238,12 +241,13 @@ def test_assisted_decoding_matches_greedy(pair):
         assert torch.equal(routed.generate(**inputs, assistant_model=assistant, **options), expected)
 
 
-def test_generate_from_inputs_embeds(pair):
+@pytest.mark.parametrize("cache", [None, "static"])
+def test_generate_from_inputs_embeds(pair, cache):
     stock, routed, family, _ = pair
     inputs = make_inputs(family)
     embeds = stock.get_input_embeddings()(inputs["input_ids"])
     call = {k: v for k, v in inputs.items() if k != "input_ids"} | {"inputs_embeds": embeds}
-    options = dict(do_sample=False, max_new_tokens=5, min_new_tokens=5)
+    options = dict(do_sample=False, max_new_tokens=5, min_new_tokens=5, cache_implementation=cache)
     with torch.no_grad():
         assert torch.equal(routed.generate(**call, **options), stock.generate(**call, **options))
 
@@ -288,7 +292,6 @@ def test_left_padding_compatibility(pair):
 @pytest.mark.parametrize(
     "kwargs, mode",
     [
-        (dict(cache_implementation="static"), "cache_implementation='static'"),
         (dict(cache_implementation="offloaded_static"), "cache_implementation='offloaded_static'"),
         (dict(cache_implementation="quantized"), "cache_implementation='quantized'"),
         (dict(cache_implementation="paged"), "cache_implementation='paged'"),  # continuous batching

@@ -20,7 +20,7 @@ import transformers
 from packaging.version import Version
 from torch import nn
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 from transformers.generation.configuration_utils import GenerationMode
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
@@ -110,6 +110,12 @@ def weightless_attentions(text_model: nn.Module, num_layers: int) -> WeightlessA
         return WeightlessAttentions(None, _WEIGHTLESS_WARNING_457)
     return WeightlessAttentions((None,) * num_layers)
 
+
+# A routed static cache (reroute.runtime.static_cache) builds on 5.24's StaticLayer, which keeps its own
+# write position as a tensor (``cumulative_length``); before 5.24 the write position came from the caller's
+# ``cache_position``, one for every layer. generate() builds its static cache in ``_prepare_static_cache`` since 5.24.
+ROUTED_STATIC_CACHE = "cumulative_length" in getattr(StaticLayer, "__annotations__", {})
+STATIC_CACHE_BUILDER = "_prepare_static_cache"
 
 #: keyword arguments the stock decoder forward receives that the routed loop recomputes itself
 #: (4.57 passes ``cache_position`` down from the multimodal model; 5.0 dropped it)
@@ -284,6 +290,10 @@ class Compat:
 
 __all__ = [
     "CACHE_KEYWORD",
+    "Cache",
+    "ROUTED_STATIC_CACHE",
+    "STATIC_CACHE_BUILDER",
+    "StaticLayer",
     "SUPPORTED_TRANSFORMERS",
     "TRANSFORMERS_VERSION",
     "Compat",

@@ -20,6 +20,7 @@ from reroute.runtime.adapter import DecoderAdapter, LayerInjections, Positions
 from reroute.runtime.compat import Compat
 from reroute.runtime.layout import Layout, with_trash_row
 from reroute.runtime.masks import compact_decode_mask, compact_prefill_mask, key_padding
+from reroute.runtime.static_cache import decode_masks, key_room, pad_key_slots
 from reroute.registry import ACTIONS, SCORERS
 from reroute.runtime.decision import RoutingPlan, ScoringInputs, select_top_k
 from reroute.runtime.trace import DecisionScores, SampleTrace, Trace
@@ -156,13 +157,14 @@ class RoutedDecoder:
         previous_points = {i - 1 for i in score_points if i >= 1} if self.scorer.reads_previous_layer else set()
         previous: _Previous | None = None
         last_scores: torch.Tensor | None = None  # the previous decision's scores (docs/semantics.md §20)
+        room = key_room(cache)  # a static cache's layers hold empty slots after their prompt entries
         h = hidden
         if not bool(prompt.present[:, :length].all()):
             # The vision stage's removals act before layer 0: the first stage is already compact.
             layout = Layout.from_active(prompt.present[:, :length])
             buffer = with_trash_row(hidden)
             h = layout.gather(buffer)
-            mask, position_embeddings, position_ids, key_valid = self._compact_stage(layout, prompt, hidden.dtype)
+            mask, position_embeddings, position_ids, key_valid = self._compact_stage(layout, prompt, hidden.dtype, room)
             prompt_keys.append(key_valid)
             layouts.append(layout)
 
@@ -197,7 +199,7 @@ class RoutedDecoder:
                     mask, position_embeddings, position_ids = full_stage
                 else:
                     h = layout.gather(buffer)
-                    mask, position_embeddings, position_ids, key_valid = self._compact_stage(layout, prompt, hidden.dtype)
+                    mask, position_embeddings, position_ids, key_valid = self._compact_stage(layout, prompt, hidden.dtype, room)
                     prompt_keys.append(key_valid)
                     layouts.append(layout)
             elif per_layer and layout is not None:
@@ -236,12 +238,13 @@ class RoutedDecoder:
         )
         return h, state, trace
 
-    def _compact_stage(self, layout: Layout, prompt: _Prompt, dtype: torch.dtype):
+    def _compact_stage(self, layout: Layout, prompt: _Prompt, dtype: torch.dtype, room: int = 0):
         """``(mask, position_embeddings, position_ids, key_valid)`` of a stage that runs only
         ``layout``'s active rows: its keys are the compact rows that are not padding, and each row
-        keeps its prompt position (rotary tables gathered, so no position ids)."""
+        keeps its prompt position (rotary tables gathered, so no position ids). ``room``: empty key
+        slots a static cache's layers return after the compact rows (masked)."""
         key_valid = layout.valid & layout.gather(prompt.pad_valid)
-        mask = compact_prefill_mask(key_valid, self.text_config._attn_implementation, dtype)
+        mask = pad_key_slots(compact_prefill_mask(key_valid, self.text_config._attn_implementation, dtype), room)
         return mask, (layout.gather(prompt.cos), layout.gather(prompt.sin)), None, key_valid
 
     def _prompt(self, hidden, attention_mask, positions: Positions, visual, present) -> _Prompt:
@@ -403,6 +406,25 @@ class RoutedDecoder:
             compact_decode_mask(keys, decoded_valid, num_new, implementation, hidden.dtype) for keys in state.prompt_keys
         ]
         assert decoded_valid.shape[1] == decoded
+        return self._decode_layers(hidden, stock_mask, stage_masks, position_embeddings, positions, cache, use_cache, state, kwargs)
+
+    def decode_static(
+        self, hidden: torch.Tensor, full_mask: torch.Tensor, positions: Positions, cache, use_cache: bool,
+        state: DecodeState, kwargs: dict,
+    ) -> torch.Tensor:
+        """Decode step(s) on a `reroute.runtime.static_cache.RoutedStaticCache` (docs/semantics.md §17).
+
+        ``full_mask``: ``(B, 1, T, max_cache_len)``, the stock mask over full positions that transformers
+        builds for this cache. Every shape here is static and no tensor value is read, so a compiled
+        step neither breaks its graph nor recompiles as the cache fills.
+        """
+        self.backbone.pop_injections(kwargs, hidden)  # decode steps bring no visual tokens: nothing to add
+        position_embeddings = self.compat.rotary_tables(self.rotary, hidden, positions.rope)
+        implementation = self.text_config._attn_implementation
+        stage_masks = decode_masks(full_mask, state.prompt_keys, state.prompt_length, implementation, hidden.dtype)
+        return self._decode_layers(hidden, full_mask, stage_masks, position_embeddings, positions, cache, use_cache, state, kwargs)
+
+    def _decode_layers(self, hidden, stock_mask, stage_masks, position_embeddings, positions, cache, use_cache, state, kwargs):
         h = hidden
         for i, layer in enumerate(self.layers):
             stage = state.layer_stage[i]

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from reroute.runtime.compat import GenerationMode, is_plain_dynamic_cache
+from reroute.runtime.compat import ROUTED_STATIC_CACHE, GenerationMode, is_plain_dynamic_cache
+from reroute.runtime.static_cache import NO_ATTENTIONS, RoutedStaticCache
 
 RESTORE = "or call handle.restore() first"
 
@@ -47,16 +48,28 @@ def _setting(name: str, kwargs: dict, generation_config, model):
     return None
 
 
+#: cache_implementation values a routed generate() runs ("static" builds a RoutedStaticCache, docs/semantics.md §17;
+#: "offloaded_static" needs CUDA streams and has not been checked on a routed model)
+ROUTED_CACHE_IMPLEMENTATIONS = (None, "dynamic") + (("static",) if ROUTED_STATIC_CACHE else ())
+
+
 def check_cache(cache) -> None:
-    """Refuse a cache the routed decoder cannot fill: per-layer lengths differ, only plain dynamic layers allow it."""
+    """Refuse a cache the routed decoder cannot fill: per-layer lengths differ, which plain dynamic layers
+    and reroute's own `RoutedStaticCache` allow."""
     if cache is None or isinstance(cache, tuple):
         return  # tuples are refused by transformers itself
+    if isinstance(cache, RoutedStaticCache) and ROUTED_STATIC_CACHE and not cache.offloading:
+        return
     plain = is_plain_dynamic_cache(cache)
     if not plain or getattr(cache, "offloading", False):
         kind = type(cache).__name__ + (" with offloading" if getattr(cache, "offloading", False) else "")
+        if ROUTED_STATIC_CACHE:
+            held, fix = "a plain DynamicCache or a RoutedStaticCache holds", "one of them (or none)"
+        else:
+            held, fix = "only a plain DynamicCache holds", "a DynamicCache (or none)"
         raise ValueError(
-            f"{kind} is not supported on a routed model: its layers' caches have different lengths, which only a plain "
-            f"DynamicCache holds; pass a DynamicCache (or none), {RESTORE}"
+            f"{kind} is not supported on a routed model: its layers' caches have different lengths, which {held}; "
+            f"pass {fix}, {RESTORE}"
         )
 
 
@@ -96,11 +109,17 @@ def check_generate(model, args: tuple, kwargs: dict) -> int | None:
             f"checked against its per-layer caches; use greedy, sampling, beam search or assisted decoding, {RESTORE}"
         )
     implementation = _setting("cache_implementation", kwargs, generation_config, model)
-    if implementation not in (None, "dynamic"):
+    if implementation not in ROUTED_CACHE_IMPLEMENTATIONS:
+        if ROUTED_STATIC_CACHE:
+            held, fix = "the default DynamicCache and cache_implementation='static' hold", "use one of them"
+        else:
+            held, fix = "only the default DynamicCache holds", "drop cache_implementation"
         raise ValueError(
             f"cache_implementation={implementation!r} is not supported on a routed model: its layers' caches have "
-            f"different lengths, which only the default DynamicCache holds; drop cache_implementation, {RESTORE}"
+            f"different lengths, which {held}; {fix}, {RESTORE}"
         )
+    if implementation == "static" and _setting("output_attentions", kwargs, generation_config, model):
+        raise ValueError(NO_ATTENTIONS)
     if _setting("prefill_chunk_size", kwargs, generation_config, model) is not None:
         raise ValueError(
             "prefill_chunk_size is not supported on a routed model: a decision needs the whole prompt in one forward; "
