@@ -268,3 +268,14 @@ def test_cli_error(capsys):
     assert capsys.readouterr().err == (
         "reroute cost: --num-visual must be at least 1 and --num-text at least 0, got 0 and 64\n"
     )
+
+
+def test_rules_without_an_attention_row_score_for_free():
+    """Random and V2Drop read no query row and project no key: no scoring FLOPs; DART projects keys."""
+    import reroute
+    from reroute.backbones import released_shapes
+
+    llava = released_shapes()["llava-1.5-7b"].config()
+    for name in ("random", "reroute_vs_random", "v2drop", "reroute_vs_v2drop"):
+        assert reroute.cost(reroute.preset(name, tier=128, model=llava), llava).scoring_flops == 0, name
+    assert reroute.cost(reroute.preset("dart", tier=128, model=llava), llava).scoring_flops > 0

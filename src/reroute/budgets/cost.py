@@ -45,7 +45,9 @@ def scoring_flops(config: RoutingConfig | None, dims: DecoderDims, num_visual: i
     candidate and always-kept token: the whole prompt for ``reroute`` (and for the first
     decision), the survivors of the previous stage for later ``remove`` decisions. A decision
     that keeps every candidate (keep ratio 1.0, say) scores nothing. A scorer that reads
-    several query rows (Nüwa on Qwen: 3) pays the query and ``QK^T`` work once per row. With a
+    several query rows (Nüwa on Qwen: 3) pays the query and ``QK^T`` work once per row; one that
+reads none and projects no key (random, V2Drop: ``query_rows = 0``, ``projects_keys = False``)
+scores for free in matmul FLOPs. With a
     vision stage, the candidates are the tokens it let into the decoder.
     """
     if config is None:
@@ -53,7 +55,8 @@ def scoring_flops(config: RoutingConfig | None, dims: DecoderDims, num_visual: i
     num_visual = config.decoder_visual_count(num_visual)
     counts = config.keep_counts(num_visual)
     action = ACTIONS.get(config.action)
-    rows = SCORERS.get(config.scorer).rows_read(num_text)
+    scorer = SCORERS.get(config.scorer)
+    rows = scorer.rows_read(num_text)
     total = 0
     for s in range(config.num_decisions):
         candidates = action.num_candidates(num_visual, None if s == 0 else counts[s - 1])
@@ -61,7 +64,8 @@ def scoring_flops(config: RoutingConfig | None, dims: DecoderDims, num_visual: i
             continue
         keys = num_text + candidates
         total += 2 * rows * dims.hidden_size * dims.q_width  # q of the query rows
-        total += 2 * keys * dims.hidden_size * dims.kv_width  # k of every key
+        if scorer.projects_keys:  # rules without an attention row (random, V2Drop) project no key
+            total += 2 * keys * dims.hidden_size * dims.kv_width  # k of every key
         total += 2 * rows * dims.num_heads * keys * dims.head_dim  # the rows of QK^T
     return total
 

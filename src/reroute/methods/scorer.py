@@ -30,6 +30,8 @@ class Scorer:
     attention_layer_offset: int = 0
     #: query rows the rule reads (for `reroute.budgets.cost`'s scoring FLOPs)
     query_rows: int = 1
+    #: True when the rule projects every key token's key (for `reroute.budgets.cost`'s scoring FLOPs)
+    projects_keys: bool = True
     #: True when the rule compares the states entering its layer with those entering the layer
     #: before (``ScoringInputs.previous_hidden``); the engine keeps that copy only then
     reads_previous_layer: bool = False

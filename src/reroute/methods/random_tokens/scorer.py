@@ -33,6 +33,7 @@ class RandomScorer(Scorer):
 
     name = "random"
     query_rows = 0
+    projects_keys = False
     params = {"seed": 0}
 
     def check_params(self, params: Mapping[str, float]) -> None:

@@ -20,6 +20,7 @@ class V2DropScorer(Scorer):
 
     name = "v2drop"
     query_rows = 0
+    projects_keys = False
     reads_previous_layer = True
 
     def score(self, inputs: ScoringInputs) -> torch.Tensor:
