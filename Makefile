@@ -44,7 +44,8 @@ test-lmms: $(LMMS_BIN)/.installed
 # Only what the engine's tests import: the eval extras (datasets, accelerate) need a newer hub.
 COMPAT_RELEASES ?= 4.57.6 5.4.0
 COMPAT_TESTS := tests/runtime/test_compat.py tests/runtime/test_engine.py tests/runtime/test_properties.py tests/runtime/test_positions.py \
-	tests/methods/test_scoring.py tests/test_errors.py tests/runtime/test_generation_modes.py tests/runtime/test_generation_properties.py
+	tests/methods/test_scoring.py tests/test_errors.py tests/runtime/test_generation_modes.py tests/runtime/test_generation_properties.py \
+	tests/runtime/test_output_attentions.py tests/runtime/test_custom_masks.py
 
 .venv-tf%/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv-tf$*

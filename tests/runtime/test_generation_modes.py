@@ -210,12 +210,19 @@ def test_prompt_ending_in_a_visual_token_keeps_its_query(name):
 
 
 # ----------------------------------------------------------------------------- 6. refused modes
+# what holds per-layer lengths: the routed static cache needs 5.24's StaticLayer (docs/semantics.md §17)
+if compat.ROUTED_STATIC_CACHE:
+    CACHES_HELD = "the default DynamicCache and cache_implementation='static' hold; use one of them"
+    CACHE_OBJECTS_HELD = "a plain DynamicCache or a RoutedStaticCache holds; pass one of them (or none)"
+else:
+    CACHES_HELD = "only the default DynamicCache holds; drop cache_implementation"
+    CACHE_OBJECTS_HELD = "only a plain DynamicCache holds; pass a DynamicCache (or none)"
+
 REFUSALS = {
     "offloaded": (
         dict(cache_implementation="offloaded"),
         "cache_implementation='offloaded' is not supported on a routed model: its layers' caches have different "
-        "lengths, which the default DynamicCache and cache_implementation='static' hold; use one of them, or call "
-        "handle.restore() first",
+        f"lengths, which {CACHES_HELD}, or call handle.restore() first",
     ),
     "contrastive_search": (
         dict(penalty_alpha=0.6, top_k=4),
@@ -262,8 +269,8 @@ def test_a_static_cache_object_is_refused_in_forward_and_generate():
     model = tiny_llava()
     inputs = llava_batch([llava_prompt(1)])
     message = (
-        "StaticCache is not supported on a routed model: its layers' caches have different lengths, which a plain "
-        "DynamicCache or a RoutedStaticCache holds; pass one of them (or none), or call handle.restore() first"
+        "StaticCache is not supported on a routed model: its layers' caches have different lengths, which "
+        f"{CACHE_OBJECTS_HELD}, or call handle.restore() first"
     )
     with reroute.apply(model, CONFIGS["remove_pdrop"]), torch.no_grad():
         for call in (model, lambda **kw: model.generate(**kw, **GREEDY)):
