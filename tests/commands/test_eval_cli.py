@@ -187,7 +187,7 @@ def test_paper_table_every_method_and_tier_resumable(data_dir, tmp_path, monkeyp
     rows = [line for line in table.splitlines()[2:]]
     assert [tuple(cell.strip() for cell in row.split("|")[1:3]) for row in rows] == [("vanilla", "-")] + [
         (method, str(tier))
-        for method in preset_names()  # every registered preset
+        for method in ("fastv", "pdrop", "reroute_vs_fastv", "reroute_vs_pdrop", "nuwa", "nuwa_reroute")  # the paper's
         for tier in (192, 128, 64)
     ]
     assert table.splitlines()[0] == "| method | tier | refcoco_val acc@0.5 | avg_T | FLOPs rel | KV rel |"
@@ -261,3 +261,23 @@ def test_paper_table_runs_nuwa_on_qwen_at_its_published_keep_ratios():
     llava = table_runs("solved", tiny_llava())
     assert all(r.keep is None and r.ratios in (None, "solved") for r in llava)
     assert [r.name for r in llava] == [r.name for r in table_runs("solved")]
+
+
+def test_paper_table_methods_choose_the_pairs(data_dir, tmp_path, capsys):
+    from reroute.budgets import counterparts
+    from reroute.commands.paper_table import table_runs
+
+    rows = table_runs("solved", None, ("dart",))
+    assert [r.name for r in rows] == ["vanilla"] + [
+        f"{m}-{t}-solved" for m in ("dart", "reroute_vs_dart") for t in (192, 128, 64)
+    ]
+    assert {r.method for r in table_runs("solved", None, tuple(counterparts()))} - {"vanilla"} == set(
+        counterparts()
+    ) | set(counterparts().values())
+    args = ["paper-table", "--model", str(MODEL_DIR), "--data-dir", str(data_dir), "--output", str(tmp_path / "t"),
+            "--methods", "magic", "--no-progress"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"reroute paper-table: --methods: unknown method 'magic': use one of {', '.join(counterparts())}, or all\n"
+    )
+    assert not (tmp_path / "t").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from reroute.budgets.counts import REFERENCE_NUM_VISUAL
@@ -41,3 +42,29 @@ def remove_and_reroute(
     configs = {n: preset_at_paper_tier(n, tier, model, num_visual, ratios) for n in pair}
     ordered = sorted(pair, key=lambda n: configs[n].action != "remove")
     return {f"{configs[n].action} ({n})": configs[n] for n in ordered}
+
+
+#: the methods the Reroute paper compares (each a removal preset, run with its rerouted counterpart)
+PAPER_METHODS: tuple[str, ...] = ("fastv", "pdrop", "nuwa")
+
+
+def resolve_methods(methods: Sequence[str] | None) -> tuple[str, ...]:
+    """The removal presets to run (``None``: the paper's; ``["all"]``: every registered pair), checked.
+
+    A method is a removal preset that names a rerouted counterpart (`reroute.budgets.counterparts`);
+    anything else is a one-line ValueError naming the choices."""
+    pairs = counterparts()
+    if methods is None:
+        return PAPER_METHODS
+    if list(methods) == ["all"]:
+        return tuple(pairs)
+    chosen = tuple(dict.fromkeys(methods))
+    removal_of = {ours: base for base, ours in pairs.items()}
+    for method in chosen:
+        if method in removal_of:  # a rerouted preset: its pair is named by the removal preset
+            raise ValueError(f"{method!r} is {removal_of[method]}'s rerouted counterpart: name {removal_of[method]!r}")
+        if method not in pairs:
+            raise ValueError(f"unknown method {method!r}: use one of {', '.join(pairs)}, or all")
+    if not chosen:
+        raise ValueError(f"no method given: use one of {', '.join(pairs)}, or all")
+    return chosen

@@ -150,3 +150,21 @@ def prepare_model(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
     except ValueError as error:
         raise UserError(str(error)) from None
     return model, processor, family, device
+
+
+def add_methods_argument(parser: argparse.ArgumentParser) -> None:
+    """``--methods``: the removal presets to run, each with its rerouted counterpart."""
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated removal presets, each run with its rerouted counterpart, or 'all' "
+                        "(default: the paper's: fastv,pdrop,nuwa)")
+
+
+def chosen_methods(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--methods`` checked (`reroute.budgets.pairs.resolve_methods`); a one-line UserError otherwise."""
+    from reroute.budgets.pairs import resolve_methods
+
+    given = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        return resolve_methods(given)
+    except ValueError as error:
+        raise UserError(f"--methods: {error}") from None

@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 import time
 
+from reroute.commands.common import add_methods_argument, chosen_methods
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="outputs/demo", help="folder for results.json, results.md, decisions.png")
     parser.add_argument("--num-samples", type=int, default=200, help="held-out samples to evaluate (default 200)")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--model-dir", default=None, help="a saved demo model (default: the bundled one)")
-    parser.add_argument("--methods", default=None,
-                        help="comma-separated removal presets, each run with its rerouted counterpart, or 'all' "
-                        "(default: the paper's: fastv,pdrop,nuwa)")
+    add_methods_argument(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-figure", action="store_true",
                         help="skip the decisions figure (drawn only when matplotlib, the 'viz' extra, is installed)")
@@ -30,13 +30,9 @@ def run(args: argparse.Namespace) -> int:
 
     from reroute.demo.modeling import MODEL_DIR
 
-    from reroute.demo.run import resolve_methods
     from reroute.errors import UserError
 
-    try:  # checked first: a wrong name fails before anything loads
-        methods = resolve_methods(None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()])
-    except ValueError as error:
-        raise UserError(f"--methods: {error}") from None
+    methods = chosen_methods(args)  # checked first: a wrong name fails before anything loads
     model_dir = args.model_dir or MODEL_DIR
     if not (MODEL_DIR / "config.json").exists() and args.model_dir is None:
         from reroute.demo.quickstart import run_quickstart

@@ -1,4 +1,5 @@
-"""`reroute paper-table`: every method x tier x task through the eval runner, then one table.
+"""`reroute paper-table`: the paper's methods (or ``--methods``), removed and rerouted, x tier x task
+through the eval runner, then one table.
 
 Each (method, tier) is an ordinary `reroute eval` run in its own folder under ``--output``,
 so the table is resumable run by run and sample by sample, and shards under
@@ -18,12 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reroute.budgets import PAPER_TIERS, REFERENCE_NUM_VISUAL, preset_names
-from reroute.commands.common import EVAL_EPILOG, add_pixel_arguments, prepare_model
+from reroute.budgets import PAPER_TIERS, REFERENCE_NUM_VISUAL, counterparts, preset_names
+from reroute.budgets.pairs import PAPER_METHODS
+from reroute.commands.common import EVAL_EPILOG, add_methods_argument, add_pixel_arguments, chosen_methods, prepare_model
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
 from reroute.eval.setup import DTYPES, VANILLA, check_routable, load_samples, one_line, parse_tasks, routing_config
@@ -41,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="outputs/paper_table", help="results folder (default outputs/paper_table)")
     parser.add_argument("--tasks", default="refcoco_val,pope", help="comma-separated task names (default refcoco_val,pope)")
     parser.add_argument("--limit", type=int, default=None, help="first N samples of each task")
+    add_methods_argument(parser)
     parser.add_argument("--ratios", default="solved", choices=("solved", "paper"), help="keep ratios: solved (default) or paper")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="samples per generate() call (default 1, as the paper ran; docs/evaluation.md, \"Batching\")")
@@ -73,12 +77,14 @@ class TableRun:
         return labels if self.keep is None else {**labels, "keep": self.keep}
 
 
-def table_runs(ratios: str, model: Any = None) -> list[TableRun]:
-    """Every row, in table order; on a model where Nüwa publishes keep ratios (Qwen2.5-VL) its rows
-    use them, largest first (tiers 192, 128, 64 -> keep 0.75, 0.5, 0.25)."""
+def table_runs(ratios: str, model: Any = None, methods: Sequence[str] = PAPER_METHODS) -> list[TableRun]:
+    """Every row, in table order: vanilla, then each of ``methods`` (removal presets) and its rerouted
+    counterpart at each tier, in the presets' registration order. On a model where Nüwa publishes keep
+    ratios (Qwen2.5-VL) its rows use them, largest first (tiers 192, 128, 64 -> keep 0.75, 0.5, 0.25)."""
     runs = [TableRun(VANILLA, None, VANILLA)]
     nuwa_keeps = sorted(QWEN_RATIOS, reverse=True) if model is not None and _publishes_keep_ratios(model) else None
-    for method in preset_names():  # every registered preset, in registration order
+    chosen = {name for method in methods for name in (method, counterparts()[method])}
+    for method in (name for name in preset_names() if name in chosen):
         for index, tier in enumerate(PAPER_TIERS):
             if method in NUWA_PRESETS and nuwa_keeps is not None:
                 runs.append(TableRun(method, tier, f"{method}-{tier}-paper", "paper", nuwa_keeps[index]))
@@ -148,12 +154,13 @@ def run(args: argparse.Namespace) -> int:
     from reroute.eval.shard import current_shard
 
     try:
+        methods = chosen_methods(args)
         if args.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
         tasks = load_samples(parse_tasks(args.tasks), args.data_dir, args.limit)
         model, processor, family, _ = prepare_model(args)
         plan = []
-        for row in table_runs(args.ratios, model):
+        for row in table_runs(args.ratios, model, methods):
             config = routing_config(row.method, row.preset_tier(), row.ratios or args.ratios, model)
             check_routable(model, config)
             eval_run = EvalRun(row.name, config, args.model, family, args.rec_frame, args.batch_size, row.labels(),

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 import reroute
 from reroute import RoutingConfig
 from reroute.budgets import PAPER_TIERS, REFERENCE_NUM_VISUAL, counterparts, preset_names
+from reroute.budgets.pairs import PAPER_METHODS, resolve_methods
 from reroute.demo import modeling, synthetic
 from reroute.demo.evaluation import generate_answers, score_answer, summarize
 
@@ -64,32 +65,6 @@ class Row:
     flops_ratio: float
     kv_ratio: float
     prefill_ms: float
-
-
-#: the methods the Reroute paper compares (each a removal preset, run with its rerouted counterpart)
-PAPER_METHODS: tuple[str, ...] = ("fastv", "pdrop", "nuwa")
-
-
-def resolve_methods(methods: Sequence[str] | None) -> tuple[str, ...]:
-    """The removal presets to run (``None``: the paper's; ``["all"]``: every registered pair), checked.
-
-    A method is a removal preset that names a rerouted counterpart (`reroute.budgets.counterparts`);
-    anything else is a one-line ValueError naming the choices."""
-    pairs = counterparts()
-    if methods is None:
-        return PAPER_METHODS
-    if list(methods) == ["all"]:
-        return tuple(pairs)
-    chosen = tuple(dict.fromkeys(methods))
-    removal_of = {ours: base for base, ours in pairs.items()}
-    for method in chosen:
-        if method in removal_of:  # a rerouted preset: its pair is named by the removal preset
-            raise ValueError(f"{method!r} is {removal_of[method]}'s rerouted counterpart: name {removal_of[method]!r}")
-        if method not in pairs:
-            raise ValueError(f"unknown method {method!r}: use one of {', '.join(pairs)}, or all")
-    if not chosen:
-        raise ValueError(f"no method given: use one of {', '.join(pairs)}, or all")
-    return chosen
 
 
 def demo_configs(
