@@ -20,7 +20,7 @@ import transformers
 from packaging.version import Version
 from torch import nn
 from transformers import DynamicCache
-from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
+from transformers.cache_utils import Cache, DynamicLayer, StaticCache, StaticLayer
 from transformers.generation.configuration_utils import GenerationMode
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
@@ -293,6 +293,7 @@ __all__ = [
     "Cache",
     "ROUTED_STATIC_CACHE",
     "STATIC_CACHE_BUILDER",
+    "StaticCache",
     "StaticLayer",
     "SUPPORTED_TRANSFORMERS",
     "TRANSFORMERS_VERSION",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from reroute.runtime.compat import Cache, StaticLayer
+from reroute.runtime.compat import Cache, StaticCache, StaticLayer
 from reroute.runtime.masks import to_implementation
 
 #: attention weights over a layer's static slots are not mapped back to prompt positions (docs/semantics.md §17)
@@ -49,8 +49,11 @@ class RoutedStaticLayer(StaticLayer):
         super().lazy_initialization(key_states, value_states)
 
 
-class RoutedStaticCache(Cache):
+class RoutedStaticCache(StaticCache):
     """Static, compilable cache for a routed model: one `RoutedStaticLayer` per decoder layer.
+
+    A ``StaticCache`` to everything that asks (``isinstance``, transformers' own static-cache
+    tests): at keep ratio 1.0 every layer has ``max_cache_len`` slots, as the stock one.
 
     Built by ``generate(cache_implementation="static")`` on a routed model, or by hand with the
     same arguments as ``transformers.StaticCache`` (``config``, ``max_cache_len``: prompt plus new tokens).
@@ -61,7 +64,8 @@ class RoutedStaticCache(Cache):
     ) -> None:
         text_config = config.get_text_config(decoder=True)
         layers = [RoutedStaticLayer(max_cache_len) for _ in range(text_config.num_hidden_layers)]
-        super().__init__(layers=layers, offloading=offloading, offload_only_non_sliding=offload_only_non_sliding)
+        # StaticCache's own __init__ only builds its uniform layers: the generic Cache takes ours
+        Cache.__init__(self, layers=layers, offloading=offloading, offload_only_non_sliding=offload_only_non_sliding)
         self.max_cache_len = max_cache_len
         self.prompt_length: int | None = None  # L, the full prompt (set by the routed prefill)
         self.routing_state = None  # the prefill's DecodeState (reroute.runtime.engine), read by decode steps
