@@ -105,6 +105,13 @@ class VisionStage:
 
 
 
+def kept_by_fraction(num_tokens: int, keep_fraction: float) -> int:
+    """``K = round(N f)`` of an image of ``N`` tokens, in ``1..N``: the product rounded to 9 decimals
+    first (so ``576 * 64 / 576`` is 64, not 63.99...), then Python's round (DivPrune's, VisionZip's and
+    CDPruner's count)."""
+    return min(num_tokens, max(1, round(round(num_tokens * keep_fraction, 9))))
+
+
 #: class decorator: registers one instance under ``cls.name`` (duplicates refused)
 register_vision_stage = VISION_STAGES.register_class
 get_vision_stage = VISION_STAGES.get

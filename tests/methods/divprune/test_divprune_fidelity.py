@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from reroute.methods.divprune import divprune_select
-from reroute.methods.divprune.parts import kept_tokens
+from reroute.methods.vision_stage import kept_by_fraction
 from tests.methods.divprune.official import Official
 
 
@@ -21,7 +21,7 @@ def test_picks_equal_the_official_code(num_tokens, width, ratio):
     for seed in range(8):
         tokens = torch.randn(num_tokens, width, generator=torch.Generator().manual_seed(seed))
         official, _ = Official().DivPrune(tokens, num_tokens, threshold_ratio=ratio)
-        count = kept_tokens(num_tokens, ratio)
+        count = kept_by_fraction(num_tokens, ratio)
         assert count == len(official)  # the same count rule
         ours = divprune_select(tokens, count)
         assert ours.tolist() == official.tolist()  # the same picks in the same order

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from reroute.methods.vision_stage import StageImage, VisionStage, register_vision_stage
+from reroute.methods.vision_stage import StageImage, VisionStage, kept_by_fraction, register_vision_stage
 
 REFUSAL = (
     "vision stage 'cdpruner' needs the instruction embedded by CLIP's text tower and CLIP's visual projection, "
@@ -36,7 +36,7 @@ class CDPrunerStage(VisionStage):
         raise ValueError(REFUSAL)
 
     def kept_count(self, num_tokens: int, params: Mapping[str, float]) -> int:
-        return min(num_tokens, max(1, round(round(num_tokens * self.resolved(params)["keep_fraction"], 9))))
+        return kept_by_fraction(num_tokens, self.resolved(params)["keep_fraction"])
 
     def kept_continuous(self, num_tokens: int, params: Mapping[str, float]) -> float:
         return num_tokens * self.resolved(params)["keep_fraction"]

@@ -19,7 +19,7 @@ from torch import nn
 
 from reroute.backbones import backbone_for, backbone_for_config
 from reroute.methods.divprune.select import divprune_select
-from reroute.methods.vision_stage import StageImage, VisionStage, register_vision_stage
+from reroute.methods.vision_stage import StageImage, VisionStage, kept_by_fraction, register_vision_stage
 
 #: the model classes whose ``get_image_features`` returns one ``(N_i, D)`` tensor per image, tokens in raster order
 LLAVA, QWEN = ("LlavaForConditionalGeneration",), ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
@@ -37,11 +37,6 @@ def divprune_refusal(model: Any) -> str | None:
         f"vision stage 'divprune' is defined for {', '.join(LLAVA + QWEN)} "
         f"(one token grid per image), not {backbone.family}; use vision_stage=None"
     )
-
-
-def kept_tokens(num_tokens: int, keep_fraction: float) -> int:
-    """``K = round(N f)`` (the product rounded to 9 decimals first, then Python's round), in ``1..N``."""
-    return min(num_tokens, max(1, round(round(num_tokens * keep_fraction, 9))))
 
 
 @register_vision_stage
@@ -62,7 +57,7 @@ class DivPruneStage(VisionStage):
             raise ValueError(reason)
 
     def kept_count(self, num_tokens: int, params: Mapping[str, float]) -> int:
-        return kept_tokens(num_tokens, self.resolved(params)["keep_fraction"])
+        return kept_by_fraction(num_tokens, self.resolved(params)["keep_fraction"])
 
     def kept_continuous(self, num_tokens: int, params: Mapping[str, float]) -> float:
         return num_tokens * self.resolved(params)["keep_fraction"]
@@ -90,7 +85,7 @@ class DivPruneStage(VisionStage):
             grids = [(t * h // merge, w // merge) for t, h, w in grid_thw.tolist()]
         out = []
         for tokens, grid in zip(features, grids):
-            picks = divprune_select(tokens, kept_tokens(len(tokens), fraction))
+            picks = divprune_select(tokens, kept_by_fraction(len(tokens), fraction))
             kept = torch.sort(picks).values
             out.append(StageImage(kept=kept, tokens=tokens[kept], grid=grid))
         return out

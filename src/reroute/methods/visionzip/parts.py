@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from reroute.backbones import backbone_for, backbone_for_config
-from reroute.methods.vision_stage import StageImage, VisionStage, register_vision_stage
+from reroute.methods.vision_stage import StageImage, VisionStage, kept_by_fraction, register_vision_stage
 from reroute.methods.visionzip.select import tower_inputs, visionzip_select
 
 CONTEXTUAL_SHARE = 10 / 64
@@ -47,7 +47,7 @@ def visionzip_refusal(model: Any) -> str | None:
 
 def split(num_tokens: int, params: Mapping[str, float]) -> tuple[int, int]:
     """``(dominant, contextual)`` of an image of ``num_tokens`` tokens."""
-    kept = min(num_tokens, max(1, round(round(num_tokens * params["keep_fraction"], 9))))
+    kept = kept_by_fraction(num_tokens, params["keep_fraction"])
     contextual = round(round(kept * params["contextual_share"], 9))
     return kept - contextual, contextual
 
