@@ -68,3 +68,10 @@ def resolve_methods(methods: Sequence[str] | None) -> tuple[str, ...]:
     if not chosen:
         raise ValueError(f"no method given: use one of {', '.join(pairs)}, or all")
     return chosen
+
+
+def presets_of(methods: Sequence[str]) -> tuple[str, ...]:
+    """The presets ``methods`` (removal presets) run: each and its rerouted counterpart, in registration order."""
+    pairs = counterparts()
+    chosen = {name for method in methods for name in (method, pairs[method])}
+    return tuple(name for name in preset_names() if name in chosen)

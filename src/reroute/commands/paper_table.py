@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reroute.budgets import PAPER_TIERS, REFERENCE_NUM_VISUAL, counterparts, preset_names
-from reroute.budgets.pairs import PAPER_METHODS
+from reroute.budgets import PAPER_TIERS, REFERENCE_NUM_VISUAL
+from reroute.budgets.pairs import PAPER_METHODS, presets_of
 from reroute.commands.common import EVAL_EPILOG, add_methods_argument, add_pixel_arguments, chosen_methods, prepare_model
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
@@ -83,8 +83,7 @@ def table_runs(ratios: str, model: Any = None, methods: Sequence[str] = PAPER_ME
     ratios (Qwen2.5-VL) its rows use them, largest first (tiers 192, 128, 64 -> keep 0.75, 0.5, 0.25)."""
     runs = [TableRun(VANILLA, None, VANILLA)]
     nuwa_keeps = sorted(QWEN_RATIOS, reverse=True) if model is not None and _publishes_keep_ratios(model) else None
-    chosen = {name for method in methods for name in (method, counterparts()[method])}
-    for method in (name for name in preset_names() if name in chosen):
+    for method in presets_of(methods):
         for index, tier in enumerate(PAPER_TIERS):
             if method in NUWA_PRESETS and nuwa_keeps is not None:
                 runs.append(TableRun(method, tier, f"{method}-{tier}-paper", "paper", nuwa_keeps[index]))

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 import reroute
 from reroute import RoutingConfig
-from reroute.budgets import PAPER_TIERS, REFERENCE_NUM_VISUAL, counterparts, preset_names
-from reroute.budgets.pairs import PAPER_METHODS, resolve_methods
+from reroute.budgets import PAPER_TIERS, REFERENCE_NUM_VISUAL, counterparts
+from reroute.budgets.pairs import PAPER_METHODS, presets_of, resolve_methods
 from reroute.demo import modeling, synthetic
 from reroute.demo.evaluation import generate_answers, score_answer, summarize
 
@@ -72,15 +72,12 @@ def demo_configs(
 ) -> list[tuple[str, int | None, int | None, RoutingConfig | None]]:
     """(method, tier, paper tier, config): vanilla, then each of ``methods`` (removal presets) and its
     rerouted counterpart at every scaled tier, in the presets' registration order."""
-    pairs = counterparts()
-    chosen = {name for method in methods for name in (method, pairs[method])}
     configs: list[tuple[str, int | None, int | None, RoutingConfig | None]] = [("vanilla", None, None, None)]
     for paper_tier in PAPER_TIERS:
         tier = paper_tier * num_visual / REFERENCE_NUM_VISUAL
-        for method in preset_names():
-            if method in chosen:
-                config = reroute.preset(method, tier=tier, model=model, num_visual=num_visual)
-                configs.append((method, round(tier, 1), paper_tier, config))
+        for method in presets_of(methods):
+            config = reroute.preset(method, tier=tier, model=model, num_visual=num_visual)
+            configs.append((method, round(tier, 1), paper_tier, config))
     return configs
 
 
