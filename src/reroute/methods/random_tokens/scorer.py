@@ -38,7 +38,7 @@ class RandomScorer(Scorer):
 
     def check_params(self, params: Mapping[str, float]) -> None:
         super().check_params(params)
-        seed = params.get("seed", 0)
+        seed = self.resolved(params)["seed"]
         if seed != int(seed) or seed < 0:
             raise ValueError(f"scorer 'random' takes a whole seed >= 0, got {seed!r}")
 

@@ -31,11 +31,11 @@ class SparseVLMScorer(Scorer):
 
     def check_params(self, params: Mapping[str, float]) -> None:
         super().check_params(params)
-        fraction = params.get("head_fraction", PLUS_HEAD_FRACTION)
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"sparsevlm's head_fraction must be in (0, 1], got {fraction!r}")
-        if params.get("gravity", 1.0) not in (0, 1):
-            raise ValueError(f"sparsevlm's gravity must be 0 or 1, got {params['gravity']!r}")
+        p = self.resolved(params)
+        if not 0.0 < p["head_fraction"] <= 1.0:
+            raise ValueError(f"sparsevlm's head_fraction must be in (0, 1], got {p['head_fraction']!r}")
+        if p["gravity"] not in (0, 1):
+            raise ValueError(f"sparsevlm's gravity must be 0 or 1, got {p['gravity']!r}")
 
     def rows_read(self, num_text: int) -> int:
         # the raters are some of the text tokens after the image: at most every text token
