@@ -51,6 +51,13 @@ def _setting(name: str, kwargs: dict, generation_config, model):
 #: cache_implementation values a routed generate() runs ("static" builds a RoutedStaticCache, docs/semantics.md §17;
 #: "offloaded_static" needs CUDA streams and has not been checked on a routed model)
 ROUTED_CACHE_IMPLEMENTATIONS = (None, "dynamic") + (("static",) if ROUTED_STATIC_CACHE else ())
+# what holds per-layer lengths on this release, and the fix a refusal names: (cache objects, cache_implementation)
+if ROUTED_STATIC_CACHE:
+    _CACHES_HELD = ("a plain DynamicCache or a RoutedStaticCache holds; pass one of them (or none)",
+                    "the default DynamicCache and cache_implementation='static' hold; use one of them")
+else:
+    _CACHES_HELD = ("only a plain DynamicCache holds; pass a DynamicCache (or none)",
+                    "only the default DynamicCache holds; drop cache_implementation")
 
 
 def check_cache(cache) -> None:
@@ -63,13 +70,9 @@ def check_cache(cache) -> None:
     plain = is_plain_dynamic_cache(cache)
     if not plain or getattr(cache, "offloading", False):
         kind = type(cache).__name__ + (" with offloading" if getattr(cache, "offloading", False) else "")
-        if ROUTED_STATIC_CACHE:
-            held, fix = "a plain DynamicCache or a RoutedStaticCache holds", "one of them (or none)"
-        else:
-            held, fix = "only a plain DynamicCache holds", "a DynamicCache (or none)"
         raise ValueError(
-            f"{kind} is not supported on a routed model: its layers' caches have different lengths, which {held}; "
-            f"pass {fix}, {RESTORE}"
+            f"{kind} is not supported on a routed model: its layers' caches have different lengths, which "
+            f"{_CACHES_HELD[0]}, {RESTORE}"
         )
 
 
@@ -110,13 +113,9 @@ def check_generate(model, args: tuple, kwargs: dict) -> int | None:
         )
     implementation = _setting("cache_implementation", kwargs, generation_config, model)
     if implementation not in ROUTED_CACHE_IMPLEMENTATIONS:
-        if ROUTED_STATIC_CACHE:
-            held, fix = "the default DynamicCache and cache_implementation='static' hold", "use one of them"
-        else:
-            held, fix = "only the default DynamicCache holds", "drop cache_implementation"
         raise ValueError(
             f"cache_implementation={implementation!r} is not supported on a routed model: its layers' caches have "
-            f"different lengths, which {held}; {fix}, {RESTORE}"
+            f"different lengths, which {_CACHES_HELD[1]}, {RESTORE}"
         )
     if implementation == "static" and _setting("output_attentions", kwargs, generation_config, model):
         raise ValueError(NO_ATTENTIONS)
