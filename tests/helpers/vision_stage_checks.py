@@ -30,8 +30,11 @@ def reference_stage(model, inputs: dict, images) -> tuple[dict, torch.Tensor, to
 
 
 @torch.no_grad()
-def reference_per_sample(model, inputs: dict, config, images) -> list:
-    """Per sample: its real positions that entered the decoder, the reference logits there, its decisions."""
+def reference_per_sample(model, inputs: dict, config, images, **scoring) -> list:
+    """Per sample: its real positions that entered the decoder, the reference logits there, its decisions.
+
+    ``scoring``: how the reference scores (`tests.helpers.reference.reference_forward`'s ``score_*``
+    arguments; the default is docs/semantics.md §2's rule at the decision layer)."""
     captured, embeds, present = reference_stage(model, inputs, images)
     visual = backbone_for(model).visual_mask(model.config, inputs["input_ids"])
     text_model = model.model.language_model
@@ -42,7 +45,8 @@ def reference_per_sample(model, inputs: dict, config, images) -> list:
         offset, length = int(real[0]), len(real)
         pos = rotary_positions(captured, b, length, offset)
         hidden, decisions = reference_forward(
-            text_model, pos, embeds[b, real], visual[b, real].tolist(), config, present=present[b, real].tolist()
+            text_model, pos, embeds[b, real], visual[b, real].tolist(), config, present=present[b, real].tolist(),
+            **scoring,
         )
         out.append((real[present[b, real]], model.lm_head(hidden)[present[b, real]], decisions))
     return out

@@ -28,6 +28,7 @@ from reroute.backbones.qwen2_5_vl import qwen2_5_vl_7b
 from reroute.backbones.released import build_llava, llava_config
 from reroute.methods.nuwa import NuwaParams, NuwaRatios, nuwa_llava_stage1, nuwa_qwen_stage1
 from tests.helpers.nuwa_place import place_stage1
+from tests.helpers.vision_stage_checks import reference_per_sample as vision_stage_per_sample
 from reroute.runtime.compat import CACHE_KEYWORD, output_cache
 
 ATOL = 2e-5
@@ -103,24 +104,14 @@ def reference_stage1(model, inputs: dict, config: RoutingConfig):
     return captured, embeds, present, images
 
 
-@torch.no_grad()
 def reference_per_sample(model, inputs: dict, config: RoutingConfig):
-    """Per sample: its real positions, which of them entered the decoder, the reference logits there, decisions."""
-    captured, embeds, present, _ = reference_stage1(model, inputs, config)
-    visual = backbone_for(model).visual_mask(model.config, inputs["input_ids"])
-    text_model = model.model.language_model
-    mask = inputs["attention_mask"].bool()
-    out = []
-    for b in range(embeds.shape[0]):
-        real = torch.nonzero(mask[b]).flatten()
-        offset, length = int(real[0]), len(real)
-        pos = rotary_positions(captured, b, length, offset)
-        hidden, decisions = reference_forward(
-            text_model, pos, embeds[b, real], visual[b, real].tolist(), config,
-            present=present[b, real].tolist(), **scoring_of(config),
-        )  # fmt: skip
-        out.append((real[present[b, real]], model.lm_head(hidden)[present[b, real]], decisions))
-    return out
+    """Per sample: its real positions that entered the decoder, the reference logits there, decisions
+    (stage 1 by `reference_stage1`, stage 2 scored as Nüwa scores)."""
+
+    def images(model, inputs):
+        return reference_stage1(model, inputs, config)[3]
+
+    return vision_stage_per_sample(model, inputs, config, images, **scoring_of(config))
 
 
 def mixed_batch(make_prompt, make_batch, padding_side="left"):
