@@ -46,7 +46,7 @@ from reroute.runtime.generation_modes import (
 )
 from reroute.runtime.masks import SUPPORTED_ATTENTION, key_padding, padding_from_4d
 from reroute.methods import get_vision_stage
-from reroute.methods.vision_stage import split_dropped
+from reroute.methods.vision_stage import CURRENT_PROMPT, StagePrompt, split_dropped
 from reroute.runtime.patching import Patch, execution_devices, forward_attribute
 from reroute.runtime.static_cache import NO_ATTENTIONS, RoutedStaticCache, full_attention_mask, prefill_padding
 from reroute.runtime.trace import Trace
@@ -163,8 +163,12 @@ class RoutingHandle:
         if compat.ROUTED_STATIC_CACHE and hasattr(model, compat.STATIC_CACHE_BUILDER):
             # generate(cache_implementation="static") builds a routed static cache (docs/semantics.md §17)
             self._patches.append((model, Patch(model, compat.STATIC_CACHE_BUILDER, self._static_cache)))
+        # a stage conditioned on the prompt's text (CDPruner) reads it from the call that encodes the images
+        self._stage_reads_prompt = False
         if config.vision_stage is not None:
-            stage_features = get_vision_stage(config.vision_stage).image_features(model, config.vision_parameters)
+            stage = get_vision_stage(config.vision_stage)
+            self._stage_reads_prompt = stage.reads_prompt
+            stage_features = stage.image_features(model, config.vision_parameters)
             patch = Patch(self.multimodal_model, "get_image_features", lambda _original, *a, **k: stage_features(*a, **k))
             self._patches.append((self.multimodal_model, patch))
         self._multimodal_signature = inspect.signature(self._patches[1][1].original)
@@ -192,10 +196,24 @@ class RoutingHandle:
     def _generate(self, original, *args, **kwargs):
         prompt_length = check_generate(self.model, args, kwargs)  # refuses before anything runs
         token = CURRENT_GENERATE.set(GenerateCall(owner=id(self), prompt_length=prompt_length))
+        # generate() may encode the images before the first forward (transformers 5.24): the stage reads its prompt
+        input_ids = kwargs.get("input_ids", args[0] if args else kwargs.get("inputs"))
+        prompt_token = CURRENT_PROMPT.set(self._stage_prompt(input_ids, kwargs.get("attention_mask")))
         try:
             return original(*args, **kwargs)
         finally:
+            CURRENT_PROMPT.reset(prompt_token)
             CURRENT_GENERATE.reset(token)
+
+    def _stage_prompt(self, input_ids, attention_mask) -> StagePrompt | None:
+        """The prompt a stage that reads it is given (`reroute.methods.vision_stage.StagePrompt`), or None."""
+        if not self._stage_reads_prompt or not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
+            return None
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim in (2, 4):
+            valid = key_padding(attention_mask)[:, -input_ids.shape[1] :].to(input_ids.device)
+        else:
+            valid = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+        return StagePrompt(input_ids, valid, self.backbone.visual_mask(self.model.config, input_ids))
 
     def _static_cache(self, original, *args, **kwargs) -> RoutedStaticCache:
         """The cache generate() builds for ``cache_implementation="static"``: routed, with the stock one's size."""
@@ -213,7 +231,8 @@ class RoutingHandle:
         arguments = {**arguments.pop("kwargs", {}), **arguments}
         input_ids, inputs_embeds = arguments.get("input_ids"), arguments.get("inputs_embeds")
         visual, unknown = None, False
-        if _brings_visual(arguments):
+        brings_visual = _brings_visual(arguments)
+        if brings_visual:
             # Decode steps bring no pixels: a generated token that happens to be an image token id is text.
             if input_ids is not None:
                 visual = self.backbone.visual_mask(self.model.config, input_ids)
@@ -224,9 +243,14 @@ class RoutingHandle:
         elif input_ids is None and inputs_embeds is not None:
             unknown = True  # embeddings with the features already merged in, or text only: nobody can tell
         token = _CURRENT_CALL.set(_Call(visual=visual, positions_unknown=unknown))
+        prompt_token = None
+        if brings_visual:  # this call encodes its images (or brings their features)
+            prompt_token = CURRENT_PROMPT.set(self._stage_prompt(input_ids, arguments.get("attention_mask")))
         try:
             return original(*args, **kwargs)
         finally:
+            if prompt_token is not None:
+                CURRENT_PROMPT.reset(prompt_token)
             _CURRENT_CALL.reset(token)
 
     def _text_forward(

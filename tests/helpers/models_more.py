@@ -11,7 +11,14 @@ from dataclasses import dataclass
 
 import torch
 
-from tests.helpers.models import pad_ids
+
+def pad_ids(prompts, padding_side: str = "left") -> dict:
+    """`tests.helpers.models.pad_ids`, imported when called: models.py imports this module at its end, so
+    importing it at the top would make a test that imports this module first see a half-built models.py."""
+    from tests.helpers.models import pad_ids as pad
+
+    return pad(prompts, padding_side)
+
 
 VOCAB = 64
 IMAGE, VIDEO, START, END = 60, 61, 62, 63

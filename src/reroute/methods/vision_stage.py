@@ -8,6 +8,7 @@ numbers), which the stage checks at config construction.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,25 @@ class StageImage:
     grid: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class StagePrompt:
+    """The prompt whose images a stage reduces, for a stage that reads it (``VisionStage.reads_prompt``).
+
+    input_ids: ``(B, L)`` the prompt's ids; valid: ``(B, L)`` bool, False at padding; visual: ``(B, L)``
+    bool, the image and video positions. Image ``i`` of the call fills the ``i``-th run of image
+    positions in batch order (the stock models' placement).
+    """
+
+    input_ids: torch.Tensor
+    valid: torch.Tensor
+    visual: torch.Tensor
+
+
+# The prompt of the call that is encoding images: set by `reroute.apply` around generate() (which encodes
+# them before the first forward on transformers 5.24) and around the multimodal forward, reset in `finally`.
+CURRENT_PROMPT: ContextVar[StagePrompt | None] = ContextVar("reroute_stage_prompt", default=None)
+
+
 class VisionStage:
     """Base vision-side stage. Subclasses set ``name`` and ``params`` (the accepted parameter
     names with their defaults) and implement ``reduce``, ``kept_count`` and ``flops``.
@@ -43,6 +63,9 @@ class VisionStage:
     name: str = ""
     #: accepted parameters and their defaults
     params: Mapping[str, float] = {}
+    #: True for a stage conditioned on the prompt's text: `reduce` then receives ``inputs["prompt"]``, a
+    #: `StagePrompt`, or None where the call brought no ``input_ids``
+    reads_prompt: bool = False
 
     def check_params(self, params: Mapping[str, float]) -> None:
         """Raise a one-line ValueError for an unknown or out-of-range parameter."""
@@ -77,7 +100,10 @@ class VisionStage:
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         def get_image_features(pixel_values=None, image_grid_thw=None, *args, **kwargs):
-            images = self.reduce(model, params, {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw})
+            inputs = {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw}
+            if self.reads_prompt:
+                inputs["prompt"] = CURRENT_PROMPT.get()
+            images = self.reduce(model, params, inputs)
             rows = []
             for image in images:
                 full = image.tokens.new_full((image.grid[0] * image.grid[1], image.tokens.shape[-1]), float("nan"))
@@ -110,6 +136,12 @@ def kept_by_fraction(num_tokens: int, keep_fraction: float) -> int:
     first (so ``576 * 64 / 576`` is 64, not 63.99...), then Python's round (DivPrune's, VisionZip's and
     CDPruner's count)."""
     return min(num_tokens, max(1, round(round(num_tokens * keep_fraction, 9))))
+
+
+def check_keep_fraction(stage: str, fraction: object) -> None:
+    """A one-line ValueError unless ``fraction`` (a stage's ``keep_fraction``, ``K / N``) is a number in (0, 1]."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        raise ValueError(f"vision stage {stage!r}: keep_fraction={fraction!r} is not in (0, 1]; pass K / N, e.g. 64 / 576")
 
 
 #: class decorator: registers one instance under ``cls.name`` (duplicates refused)

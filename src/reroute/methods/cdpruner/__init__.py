@@ -1,15 +1,17 @@
-"""CDPruner (arXiv 2506.10967; docs/semantics.md §22): a conditional DPP over the visual tokens, relevance to
-the instruction against similarity to each other.
+"""CDPruner (arXiv 2506.10967; docs/semantics.md §22): a conditional DPP over each image's projected
+tokens, their relevance to the instruction against their similarity to each other, as a vision stage.
 
-The selection is here (`dpp`: `instruction_relevance`, `conditional_kernel`, `dpp_select`,
-`cdpruner_select`); the vision stage ``cdpruner`` refuses every model in one line (`parts`: the
-instruction embedding needs CLIP's text tower, which no supported model holds), so no preset is
-registered.
+- the selection (`dpp`): `instruction_relevance`, `conditional_kernel`, `dpp_select`, `cdpruner_select`;
+- ``vision_stage="cdpruner"`` (`parts`): each image keeps ``K = round(N f)`` tokens, conditioned on its
+  prompt's instruction in the decoder's embedding space, at their original prompt positions;
+- presets ``cdpruner`` (the stage alone: ``K`` = the tier) and ``cdpruner_reroute`` (the stage, then
+  reroute decisions at the same avg_T; `reroute.methods.stage_presets`).
 """
 
 from reroute.methods.cdpruner.dpp import cdpruner_select, conditional_kernel, dpp_select, instruction_relevance
 
-# the registered (refusing) stage
+# the registered stage and presets
 from reroute.methods.cdpruner import parts as _parts  # noqa: E402, F401  isort: skip
+from reroute.methods.cdpruner import presets as _presets  # noqa: E402, F401  isort: skip
 
 __all__ = ["cdpruner_select", "conditional_kernel", "dpp_select", "instruction_relevance"]

@@ -1,10 +1,11 @@
 """CDPruner's selection (docs/semantics.md §22): a conditional determinantal point process over one image's tokens.
 
 The kernel weighs each pair's similarity by both tokens' relevance to the instruction,
-``L_ij = r_i * cos(x_i, x_j) * r_j`` (``x`` the projected tokens). Relevance, as CDPruner's LLaVA
-code computes it: ``r_i`` is minus the mean over the instruction's text embeddings ``t_m`` of
-``cos(v_i, t_m)`` (``v`` the tokens in CLIP's joint space), min-max normalised to ``(0, 1]`` with
-``1e-6`` added. The subset is the greedy MAP of the DPP (fast Cholesky updates): pick the token of
+``L_ij = r_i * cos(x_i, x_j) * r_j`` (``x`` the projected tokens). Relevance: the mean over the
+instruction's text embeddings ``t_m`` of ``cos(v_i, t_m)`` (``v`` the tokens in the text
+embeddings' space), negated in CLIP's space as CDPruner's LLaVA code does, min-max normalised to
+``(0, 1]`` with ``1e-6`` added (all ones when every token is equally relevant, where the code
+divides by zero). The subset is the greedy MAP of the DPP (fast Cholesky updates): pick the token of
 largest remaining gain ``d_j^2``, update every gain, never pick a token twice. Float32 throughout.
 """
 
@@ -13,14 +14,22 @@ from __future__ import annotations
 import torch
 
 
-def instruction_relevance(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-    """``(N,)`` float32 relevance of ``N`` tokens (``image_embeds`` ``(N, C)``) to ``M`` text embeddings ``(M, C)``."""
+def instruction_relevance(image_embeds: torch.Tensor, text_embeds: torch.Tensor, negate: bool = True) -> torch.Tensor:
+    """``(N,)`` float32 relevance of ``N`` tokens (``image_embeds`` ``(N, C)``) to ``M`` text embeddings ``(M, C)``.
+
+    ``negate``: the official code's sign on CLIP's joint space (its authors observed the flip on CLIP
+    only); False is the paper's plain cosine, used in the decoder's embedding space."""
     v = image_embeds.float()
     t = text_embeds.float()
     v = v / v.norm(dim=-1, keepdim=True)
     t = t / t.norm(dim=-1, keepdim=True)
-    relevance = -(v @ t.t()).mean(dim=-1)
-    return (relevance - relevance.min() + 1e-6) / (relevance.max() - relevance.min())
+    relevance = (v @ t.t()).mean(dim=-1)
+    if negate:
+        relevance = -relevance
+    spread = relevance.max() - relevance.min()
+    if spread == 0:
+        return torch.ones_like(relevance)
+    return (relevance - relevance.min() + 1e-6) / spread
 
 
 def conditional_kernel(tokens: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
@@ -48,7 +57,10 @@ def dpp_select(kernel: torch.Tensor, count: int) -> torch.Tensor:
     return picks
 
 
-def cdpruner_select(tokens: torch.Tensor, image_embeds: torch.Tensor, text_embeds: torch.Tensor, count: int) -> torch.Tensor:
-    """``(count,)`` long, ascending: the tokens CDPruner keeps of one image (``tokens`` the projected ``(N, D)``)."""
-    kernel = conditional_kernel(tokens, instruction_relevance(image_embeds, text_embeds))
+def cdpruner_select(
+    tokens: torch.Tensor, image_embeds: torch.Tensor, text_embeds: torch.Tensor, count: int, negate: bool = True
+) -> torch.Tensor:
+    """``(count,)`` long, ascending: the tokens CDPruner keeps of one image (``tokens`` the projected ``(N, D)``;
+    ``negate`` as `instruction_relevance`)."""
+    kernel = conditional_kernel(tokens, instruction_relevance(image_embeds, text_embeds, negate))
     return torch.sort(dpp_select(kernel, count)).values

@@ -1,39 +1,91 @@
-"""CDPruner as a vision stage (docs/semantics.md §22): ``vision_stage="cdpruner"`` is refused on every model, in one line.
+"""CDPruner as a vision stage (docs/semantics.md §22): ``vision_stage="cdpruner"``.
 
-CDPruner's relevance needs the instruction embedded by CLIP's text tower and the image tokens
-mapped by CLIP's visual projection into the same space (its code loads ``CLIPTextModelWithProjection``
-and ``CLIPVisionModelWithProjection`` beside LLaVA). No family here holds those weights (a
-``LlavaForConditionalGeneration`` has CLIP's vision tower only), nothing may be downloaded at run
-time, and the instruction's text does not reach ``get_image_features`` inside generate(), where the
-stage runs. Rather than guess an instruction embedding, the stage refuses; `reroute.methods.cdpruner`'s
-functions compute CDPruner's selection for callers who have those embeddings.
+Each image's decoder-ready tokens (`reroute.methods.projected`: LLaVA-1.5's projector output,
+Qwen2-VL's / Qwen2.5-VL's merger output) are selected by CDPruner's conditional DPP
+(`cdpruner_select`); the picks enter the decoder unchanged at the prompt positions they had, the
+others are removed before layer 0. Parameter ``keep_fraction`` ``f``: ``K = round(N f)``.
+
+The instruction is the prompt's text after the image: the sample's valid tokens after its last
+image or video token (the question and the template's tail). The published relevance embeds the
+question with CLIP's text tower, which no supported checkpoint holds; here both sides are in the
+decoder's input-embedding space, where the projector already maps the image tokens: the text is
+the decoder's embeddings of those tokens, the image side the projected tokens themselves, and the
+relevance is the paper's plain cosine (the code's sign flip is CLIP's, `instruction_relevance`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from reroute.methods.vision_stage import StageImage, VisionStage, kept_by_fraction, register_vision_stage
-
-REFUSAL = (
-    "vision stage 'cdpruner' needs the instruction embedded by CLIP's text tower and CLIP's visual projection, "
-    "which the model does not hold and generate() does not pass to the vision stage; use vision_stage='divprune' "
-    "(diversity without the instruction) or None"
+from reroute.methods.cdpruner.dpp import cdpruner_select
+from reroute.methods.projected import one_grid_refusal, projected_images
+from reroute.methods.vision_stage import (
+    StageImage,
+    StagePrompt,
+    VisionStage,
+    check_keep_fraction,
+    kept_by_fraction,
+    register_vision_stage,
 )
+
+NO_PROMPT = (
+    "vision stage 'cdpruner' reads the instruction from the prompt's input_ids, and this call brought none "
+    "(inputs_embeds); pass input_ids with the pixel values"
+)
+IMAGES_AND_PROMPT = (
+    "vision stage 'cdpruner' cannot match the images to the prompt: its image tokens are not the images' tokens "
+    "in order; pass the processor's input_ids and pixel values together"
+)
+
+
+def cdpruner_refusal(model: Any) -> str | None:
+    """Why CDPruner's stage cannot run on ``model`` (a model or a config), or None."""
+    return one_grid_refusal("cdpruner", model)
+
+
+def instruction_ids(prompt: StagePrompt, sample: int) -> torch.Tensor:
+    """The ids of sample ``sample``'s instruction: its valid tokens after its last image or video token."""
+    visual = torch.nonzero(prompt.visual[sample]).flatten()
+    start = int(visual[-1]) + 1 if len(visual) else 0
+    after = prompt.valid[sample, start:]
+    return prompt.input_ids[sample, start:][after]
+
+
+def owners(prompt: StagePrompt, image_token_id: int, sizes: list[int]) -> list[int]:
+    """The sample each image belongs to: image ``i`` (``sizes[i]`` tokens) fills the next run of image tokens."""
+    counts = (prompt.input_ids == image_token_id).sum(dim=1).tolist()
+    out, sample, filled = [], 0, 0
+    for size in sizes:
+        while sample < len(counts) and filled == counts[sample]:
+            sample, filled = sample + 1, 0
+        if sample == len(counts) or filled + size > counts[sample]:
+            raise ValueError(IMAGES_AND_PROMPT)
+        out.append(sample)
+        filled += size
+    if not out or filled != counts[sample] or any(counts[sample + 1 :]):
+        raise ValueError(IMAGES_AND_PROMPT)
+    return out
 
 
 @register_vision_stage
 class CDPrunerStage(VisionStage):
-    """Refused on every model (module docstring). Parameter: ``keep_fraction`` (``K / N``), so that configs and costs can name it."""
+    """CDPruner on each image's projected tokens, conditioned on its prompt. Parameter: ``keep_fraction``."""
 
     name = "cdpruner"
     params = {"keep_fraction": 64 / 576}
+    reads_prompt = True
+
+    def check_params(self, params: Mapping[str, float]) -> None:
+        super().check_params(params)
+        check_keep_fraction(self.name, self.resolved(params)["keep_fraction"])
 
     def check_model(self, model: nn.Module) -> None:
-        raise ValueError(REFUSAL)
+        if (reason := cdpruner_refusal(model)) is not None:
+            raise ValueError(reason)
 
     def kept_count(self, num_tokens: int, params: Mapping[str, float]) -> int:
         return kept_by_fraction(num_tokens, self.resolved(params)["keep_fraction"])
@@ -41,5 +93,27 @@ class CDPrunerStage(VisionStage):
     def kept_continuous(self, num_tokens: int, params: Mapping[str, float]) -> float:
         return num_tokens * self.resolved(params)["keep_fraction"]
 
-    def reduce(self, model: nn.Module, params: Mapping[str, float], inputs: Mapping[str, torch.Tensor]) -> list[StageImage]:
-        raise ValueError(REFUSAL)
+    @torch.no_grad()
+    def reduce(self, model: nn.Module, params: Mapping[str, float], inputs: Mapping[str, Any]) -> list[StageImage]:
+        self.check_model(model)
+        prompt = inputs.get("prompt")
+        if prompt is None:
+            raise ValueError(NO_PROMPT)
+        fraction = self.resolved(params)["keep_fraction"]
+        images = projected_images(model, inputs)
+        samples = owners(prompt, model.config.image_token_id, [grid[0] * grid[1] for _, grid in images])
+        embed = model.get_input_embeddings()
+        out = []
+        for (tokens, grid), sample in zip(images, samples):
+            text = embed(instruction_ids(prompt, sample).to(embed.weight.device)).to(tokens.device)
+            kept = cdpruner_select(tokens, tokens, text, kept_by_fraction(len(tokens), fraction), negate=False)
+            out.append(StageImage(kept=kept, tokens=tokens[kept], grid=grid))
+        return out
+
+    def flops(self, num_tokens: int, params: Mapping[str, float], model_config) -> int:
+        """Matmul FLOPs for one image: the ``N x N`` cosine matrix of the ``D``-wide tokens and the DPP's ``K``
+        Cholesky rows (``2 i N`` for the ``i``-th). The relevance (``2 N M D``, ``M`` the instruction's tokens,
+        unknown to a cost without a prompt) is not counted."""
+        width = model_config.text_config.hidden_size
+        kept = self.kept_count(num_tokens, params)
+        return 2 * num_tokens * num_tokens * width + kept * (kept - 1) * num_tokens
