@@ -138,7 +138,14 @@ def _prefix(positions: Positions, length: int) -> tuple[Positions, Positions]:
 class RoutingHandle:
     """A routed model. Use ``handle.trace`` after a forward, ``handle.restore()`` (or ``with``) to undo."""
 
-    def __init__(self, model: nn.Module, config: RoutingConfig, backbone: Backbone, record_scores: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: RoutingConfig,
+        backbone: Backbone,
+        record_scores: bool = False,
+        instruction_encoder: object = None,
+    ) -> None:
         self.model = model
         self.config = config
         self.backbone = backbone
@@ -168,7 +175,7 @@ class RoutingHandle:
         if config.vision_stage is not None:
             stage = get_vision_stage(config.vision_stage)
             self._stage_reads_prompt = stage.reads_prompt
-            stage_features = stage.image_features(model, config.vision_parameters)
+            stage_features = stage.image_features(model, config.vision_parameters, instruction_encoder)
             patch = Patch(self.multimodal_model, "get_image_features", lambda _original, *a, **k: stage_features(*a, **k))
             self._patches.append((self.multimodal_model, patch))
         self._multimodal_signature = inspect.signature(self._patches[1][1].original)
@@ -479,7 +486,7 @@ class RoutingHandle:
         )
 
 
-def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone) -> None:
+def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone, instruction_encoder: object) -> None:
     text_model = backbone.text_model(model)
     num_layers = len(backbone.layers(text_model))
     for d in config.decision_layers:
@@ -503,6 +510,9 @@ def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone
         if refusal is not None:
             raise ValueError(refusal)
         get_vision_stage(config.vision_stage).check_model(model)
+        get_vision_stage(config.vision_stage).check_instruction_encoder(model, instruction_encoder)
+    elif instruction_encoder is not None:
+        raise ValueError("instruction_encoder is read by a vision stage (vision_stage='cdpruner'); this config has none: drop it")
     if len(devices := execution_devices(text_model)) > 1:
         # The routed loop keeps full-length states and scores on one device; layers on several would mix them.
         raise ValueError(
@@ -523,19 +533,24 @@ def _check_supported(model: nn.Module, config: RoutingConfig, backbone: Backbone
         )
 
 
-def apply(model: nn.Module, config: RoutingConfig, *, record_scores: bool = False) -> RoutingHandle:
+def apply(
+    model: nn.Module, config: RoutingConfig, *, record_scores: bool = False, instruction_encoder: object = None
+) -> RoutingHandle:
     """Route ``model`` (a stock transformers VLM) by ``config``; returns the handle.
 
     ``model(**inputs)`` and ``model.generate(**inputs)`` stay the user's own calls. Restore
     with ``handle.restore()`` or use the handle as a context manager. ``record_scores=True``
     also keeps every decision's candidate scores in ``handle.trace`` (for `reroute.viz`).
+    ``instruction_encoder``: the text side of a vision stage conditioned on the instruction, for
+    ``vision_stage="cdpruner"`` a `reroute.methods.cdpruner.ClipRelevance` (CDPruner as published;
+    without it, relevance in the decoder's embedding space; docs/semantics.md §22).
     """
     compat.check_release()
     if not isinstance(config, RoutingConfig):
         raise TypeError(f"config must be a reroute.RoutingConfig, got {type(config).__name__}")
     backbone = backbone_for(model)
-    _check_supported(model, config, backbone)
-    return RoutingHandle(model, config, backbone, record_scores)
+    _check_supported(model, config, backbone, instruction_encoder)
+    return RoutingHandle(model, config, backbone, record_scores, instruction_encoder)
 
 
 __all__ = ["apply", "RoutingHandle", "DecodeState"]

@@ -77,8 +77,8 @@ def visual_mask(model, inputs: dict) -> torch.Tensor:
     return backbone_for(model).visual_mask(model.config, inputs["input_ids"])
 
 
-def routed(model, config, inputs: dict, **kwargs):
-    with reroute.apply(model, config) as handle:
+def routed(model, config, inputs: dict, instruction_encoder=None, **kwargs):
+    with reroute.apply(model, config, instruction_encoder=instruction_encoder) as handle:
         with torch.no_grad():
             out = model(**inputs, **kwargs)
     return out, handle.trace

@@ -100,9 +100,9 @@ def reference_per_sample(model, inputs: dict, config, images, **scoring) -> list
     return out
 
 
-def check_equals_reference(model, config, inputs: dict, images) -> None:
+def check_equals_reference(model, config, inputs: dict, images, instruction_encoder=None) -> None:
     """Prefill logits at every position that entered the decoder, and the decisions, equal the reference's."""
-    out, trace = routed(model, config, inputs)
+    out, trace = routed(model, config, inputs, instruction_encoder=instruction_encoder)
     assert not bool(out.logits.isnan().any())
     mask = inputs["attention_mask"].bool()
     for b, (kept, logits, decisions) in enumerate(reference_per_sample(model, inputs, config, images)):
@@ -112,12 +112,12 @@ def check_equals_reference(model, config, inputs: dict, images) -> None:
         assert list(trace[b].selected) == (shifted if trace[b].routed else [()] * config.num_decisions)
 
 
-def check_batch_equals_alone(model, config, prompts: list, make_batch, new: int = 5) -> None:
+def check_batch_equals_alone(model, config, prompts: list, make_batch, new: int = 5, instruction_encoder=None) -> None:
     """A padded batch (right-padded forward, left-padded generate) equals each sample alone."""
     inputs = make_batch(prompts, "right")
-    out, _ = routed(model, config, inputs)
+    out, _ = routed(model, config, inputs, instruction_encoder=instruction_encoder)
     mask = inputs["attention_mask"].bool()
-    with reroute.apply(model, config), torch.no_grad():
+    with reroute.apply(model, config, instruction_encoder=instruction_encoder), torch.no_grad():
         batch_ids = model.generate(**make_batch(prompts, "left"), max_new_tokens=new, do_sample=False)
         for b, prompt in enumerate(prompts):
             alone_inputs = make_batch([prompt], "left")
@@ -129,12 +129,12 @@ def check_batch_equals_alone(model, config, prompts: list, make_batch, new: int 
 
 
 @torch.no_grad()
-def check_generate_equals_reference(model, config, inputs: dict, images, new: int = 6) -> None:
+def check_generate_equals_reference(model, config, inputs: dict, images, new: int = 6, instruction_encoder=None) -> None:
     """Greedy generate() (one sample) == the reference over prompt + generated tokens with the prefill's decisions."""
     # the tiny random models may pick their image / video markers: suppressed, so generated tokens are text
     specials = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
     suppressed = sorted({getattr(model.config, name) for name in specials if getattr(model.config, name, None) is not None})
-    with reroute.apply(model, config):
+    with reroute.apply(model, config, instruction_encoder=instruction_encoder):
         ids = model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False, suppress_tokens=suppressed)
     prompt_length = inputs["input_ids"].shape[1]
     _, embeds, present = reference_stage(model, inputs, images)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -36,27 +36,35 @@ def one_grid_refusal(stage: str, model: Any) -> str | None:
     )
 
 
+class ProjectedImage(NamedTuple):
+    """One image: ``tokens`` ``(N, D)`` decoder-ready, ``grid`` ``(H, W)``, and on LLaVA-1.5 ``patches`` ``(N, C)``,
+    the tower layer's patches the projector read (None on Qwen)."""
+
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+    patches: torch.Tensor | None = None
+
+
 @torch.no_grad()
-def projected_images(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> list[tuple[torch.Tensor, tuple[int, int]]]:
-    """``[(tokens (N_i, D), grid (H, W))]`` per image of ``inputs`` (pixel values, and Qwen's grids), in prompt order."""
+def projected_images(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> list[ProjectedImage]:
+    """Each image of ``inputs`` (pixel values, and Qwen's grids), in prompt order."""
     inner = model.model
     # the class's own method: the instance attribute is a vision stage's patch while routed
     stock = type(inner).get_image_features
     grid_thw = inputs.get("image_grid_thw")
     if grid_thw is None:  # LLaVA-1.5: one square grid per image
         config = model.config
-        features = stock(
-            inner,
-            pixel_values=inputs["pixel_values"],
-            vision_feature_layer=config.vision_feature_layer,
-            vision_feature_select_strategy=config.vision_feature_select_strategy,
-        ).pooler_output
-        return [(tokens, _square(len(tokens))) for tokens in features]
+        layer, strategy = config.vision_feature_layer, config.vision_feature_select_strategy
+        out = stock(inner, pixel_values=inputs["pixel_values"], vision_feature_layer=layer, vision_feature_select_strategy=strategy)
+        patches = [None] * len(out.pooler_output)
+        if isinstance(layer, int):  # the tower layer the projector read (CDPruner's CLIP relevance maps it)
+            patches = list(out.hidden_states[layer][:, 1:] if strategy == "default" else out.hidden_states[layer])
+        return [ProjectedImage(t, _square(len(t)), p) for t, p in zip(out.pooler_output, patches)]
     # Qwen2-VL / Qwen2.5-VL: merged grids (t * h / m, w / m)
     features = stock(inner, pixel_values=inputs["pixel_values"], image_grid_thw=grid_thw).pooler_output
     merge = inner.visual.spatial_merge_size
     grids = [(t * h // merge, w // merge) for t, h, w in grid_thw.tolist()]
-    return list(zip(features, grids))
+    return [ProjectedImage(tokens, grid) for tokens, grid in zip(features, grids)]
 
 
 def _square(num_tokens: int) -> tuple[int, int]:

@@ -64,7 +64,7 @@ class VisionStage:
     #: accepted parameters and their defaults
     params: Mapping[str, float] = {}
     #: True for a stage conditioned on the prompt's text: `reduce` then receives ``inputs["prompt"]``, a
-    #: `StagePrompt`, or None where the call brought no ``input_ids``
+    #: `StagePrompt` (None where the call brought no ``input_ids``), and ``inputs["instruction_encoder"]``
     reads_prompt: bool = False
 
     def check_params(self, params: Mapping[str, float]) -> None:
@@ -86,7 +86,13 @@ class VisionStage:
     def check_model(self, model: nn.Module) -> None:
         """Raise a one-line ValueError if the stage cannot run on ``model`` (checked by `reroute.apply`)."""
 
-    def image_features(self, model: nn.Module, params: Mapping[str, float]):
+    def check_instruction_encoder(self, model: nn.Module, encoder: object) -> None:
+        """Raise a one-line ValueError unless ``encoder`` (`reroute.apply`'s ``instruction_encoder``) serves this
+        stage on ``model``; a stage that reads none refuses any, so that nothing given is silently ignored."""
+        if encoder is not None:
+            raise ValueError(f"vision stage {self.name!r} reads no instruction_encoder; drop it (vision_stage='cdpruner' reads one)")
+
+    def image_features(self, model: nn.Module, params: Mapping[str, float], instruction_encoder: object = None):
         """A replacement for the inner model's ``get_image_features`` (same arguments) that runs
         this stage instead of the stock encoder.
 
@@ -103,6 +109,7 @@ class VisionStage:
             inputs = {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw}
             if self.reads_prompt:
                 inputs["prompt"] = CURRENT_PROMPT.get()
+                inputs["instruction_encoder"] = instruction_encoder
             images = self.reduce(model, params, inputs)
             rows = []
             for image in images:

@@ -202,6 +202,12 @@ def layer_output(out) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+def clip_post_layernorm(tower: nn.Module) -> nn.Module:
+    """A CLIP vision tower's final layernorm: on the tower itself since 5.x's flattened ``CLIPVisionModel``,
+    on its ``vision_model`` before (and on ``CLIPVisionModelWithProjection``)."""
+    return getattr(tower, "vision_model", tower).post_layernorm
+
+
 def vision_window_index(visual: nn.Module, grid_thw: torch.Tensor) -> torch.Tensor:
     """The Qwen2.5-VL tower's window order of its merged patches (``window_index``)."""
     if _get_vision_window_index is None:  # before 5.24: a method of the tower

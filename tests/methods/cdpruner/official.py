@@ -51,3 +51,23 @@ def official_encode(image_features, image_embeds, text_embeds, mm_projector, vis
     index_masks.scatter_(1, select_idx, True)
 
     return image_features, index_masks
+
+
+# From the same commit, llava/model/multimodal_encoder/clip_encoder.py: `CLIPVisionTower.forward`'s text
+# branch and its image embeddings, verbatim; adapted only in that the CUDA streams are dropped (CPU) and
+# what it read from the tower (`text_tokenizer`, `text_tower`, `max_position_embeddings`, the vision model,
+# `visual_projection`, the selected `image_outputs`) are its arguments.
+def official_embeds(texts, text_tokenizer, text_tower, max_position_embeddings, vision_model, visual_projection, image_outputs, device):
+    text_inputs = text_tokenizer(text=texts, return_tensors="pt")
+    text_segment = (text_inputs.input_ids.shape[1] - 1) // max_position_embeddings + 1
+    text_padding = max_position_embeddings * text_segment - text_inputs.input_ids.shape[1]
+    text_inputs = {
+        k: torch.cat([v, v.new_zeros((v.shape[0], text_padding))],
+                     dim=1).reshape(-1, max_position_embeddings).to(device=device)
+        for k, v in text_inputs.items()
+    }
+    text_embeds = text_tower(**text_inputs).text_embeds
+
+    image_embeds = vision_model.post_layernorm(image_outputs)
+    image_embeds = visual_projection(image_embeds.float())
+    return image_embeds, text_embeds

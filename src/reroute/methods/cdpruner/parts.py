@@ -6,11 +6,15 @@ Qwen2-VL's / Qwen2.5-VL's merger output) are selected by CDPruner's conditional 
 others are removed before layer 0. Parameter ``keep_fraction`` ``f``: ``K = round(N f)``.
 
 The instruction is the prompt's text after the image: the sample's valid tokens after its last
-image or video token (the question and the template's tail). The published relevance embeds the
-question with CLIP's text tower, which no supported checkpoint holds; here both sides are in the
-decoder's input-embedding space, where the projector already maps the image tokens: the text is
-the decoder's embeddings of those tokens, the image side the projected tokens themselves, and the
-relevance is the paper's plain cosine (the code's sign flip is CLIP's, `instruction_relevance`).
+image or video token (the question and the template's tail). Relevance, in one of two spaces:
+
+- as published, with ``reroute.apply(..., instruction_encoder=ClipRelevance(...))`` (LLaVA-1.5):
+  the instruction decoded and embedded by CLIP's text tower, the patches through CLIP's visual
+  projection, the code's negated cosine (`reroute.methods.cdpruner.clip`);
+- without it (every supported family; CLIP's text tower is in no VLM checkpoint): the decoder's
+  input-embedding space, where the projector already maps the image tokens: the decoder's
+  embeddings of the instruction's ids against the projected tokens, the paper's plain cosine (the
+  code's sign flip is CLIP's, `instruction_relevance`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reroute.methods.cdpruner.clip import ClipRelevance
 from reroute.methods.cdpruner.dpp import cdpruner_select
 from reroute.methods.projected import one_grid_refusal, projected_images
 from reroute.methods.vision_stage import (
@@ -87,6 +92,17 @@ class CDPrunerStage(VisionStage):
         if (reason := cdpruner_refusal(model)) is not None:
             raise ValueError(reason)
 
+    def check_instruction_encoder(self, model: nn.Module, encoder: object) -> None:
+        if encoder is None:
+            return
+        if not isinstance(encoder, ClipRelevance):
+            raise ValueError(
+                f"vision stage 'cdpruner' reads a reroute.methods.cdpruner.ClipRelevance as instruction_encoder, "
+                f"not {type(encoder).__name__}; build one with ClipRelevance.from_pretrained(clip_path, tokenizer)"
+            )
+        if (reason := encoder.refusal(model)) is not None:
+            raise ValueError(reason)
+
     def kept_count(self, num_tokens: int, params: Mapping[str, float]) -> int:
         return kept_by_fraction(num_tokens, self.resolved(params)["keep_fraction"])
 
@@ -101,12 +117,17 @@ class CDPrunerStage(VisionStage):
             raise ValueError(NO_PROMPT)
         fraction = self.resolved(params)["keep_fraction"]
         images = projected_images(model, inputs)
-        samples = owners(prompt, model.config.image_token_id, [grid[0] * grid[1] for _, grid in images])
-        embed = model.get_input_embeddings()
+        samples = owners(prompt, model.config.image_token_id, [image.grid[0] * image.grid[1] for image in images])
+        clip, embed = inputs.get("instruction_encoder"), model.get_input_embeddings()
         out = []
-        for (tokens, grid), sample in zip(images, samples):
-            text = embed(instruction_ids(prompt, sample).to(embed.weight.device)).to(tokens.device)
-            kept = cdpruner_select(tokens, tokens, text, kept_by_fraction(len(tokens), fraction), negate=False)
+        for (tokens, grid, patches), sample in zip(images, samples):
+            count, ids = kept_by_fraction(len(tokens), fraction), instruction_ids(prompt, sample)
+            if clip is None:  # the decoder's embedding space: the projected tokens and the instruction's embeddings
+                text = embed(ids.to(embed.weight.device)).to(tokens.device)
+                kept = cdpruner_select(tokens, tokens, text, count, negate=False)
+            else:  # as published: CLIP's joint space, the code's sign
+                image_embeds, text = clip.image_embeds(model, patches), clip.text_embeds(ids)
+                kept = cdpruner_select(tokens, image_embeds.to(tokens.device), text.to(tokens.device), count).to(tokens.device)
             out.append(StageImage(kept=kept, tokens=tokens[kept], grid=grid))
         return out
 

@@ -58,7 +58,7 @@ class DivPruneStage(VisionStage):
         self.check_model(model)
         fraction = self.resolved(params)["keep_fraction"]
         out = []
-        for tokens, grid in projected_images(model, inputs):
+        for tokens, grid, _ in projected_images(model, inputs):
             picks = divprune_select(tokens, kept_by_fraction(len(tokens), fraction))
             kept = torch.sort(picks).values
             out.append(StageImage(kept=kept, tokens=tokens[kept], grid=grid))
