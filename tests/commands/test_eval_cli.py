@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.helpers.clip_parts import write_clip
 from tests.helpers.eval_demo_data import write_demo_refcoco
 from tests.helpers.eval_fixtures import write_pope
 
@@ -203,6 +204,27 @@ def test_paper_table_every_method_and_tier_resumable(data_dir, tmp_path, monkeyp
     monkeypatch.setattr(runner, "generate", no_generation)
     assert main(args) == 0
     assert (tmp_path / "paper_table.md").read_text() == table
+
+
+def test_cdpruner_as_published_with_a_clip_checkpoint(data_dir, tmp_path, capsys):
+    """``--clip`` loads CDPruner's CLIP parts (here a random checkpoint folder matching the demo model's tower),
+    is part of the run's identity, and is refused for a method that does not read it."""
+    from transformers import AutoConfig
+
+    clip = tmp_path / "clip"
+    write_clip(clip, AutoConfig.from_pretrained(MODEL_DIR).vision_config, context=8)
+    args = eval_args(data_dir, tmp_path / "out", "--tasks", "refcoco_val", "--limit", "2", "--preset", "cdpruner", "--tier", "64")
+    assert main([*args, "--clip", str(clip)]) == 0
+    run = tmp_path / "out" / "cdpruner-64-solved-clip"
+    assert json.loads((run / "run.json").read_text())["clip"] == str(clip)
+    assert len(read_records(run / "refcoco_val.jsonl")) == 2
+    capsys.readouterr()
+    assert main([*args, "--run-name", "cdpruner-64-solved-clip"]) == 2  # the same folder without CLIP: another run
+    assert capsys.readouterr().err == (
+        f"reroute eval: {run} holds a run with another clip; use another --output or --run-name, or delete the folder\n"
+    )
+    assert main(eval_args(data_dir, tmp_path / "out", "--preset", "fastv", "--tier", "64", "--clip", str(clip))) == 2
+    assert capsys.readouterr().err == "reroute eval: --clip is read by the cdpruner presets (vision_stage='cdpruner') only; drop it\n"
 
 
 # ------------------------------------------------------------------------------ as the paper ran it

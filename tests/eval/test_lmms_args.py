@@ -134,12 +134,22 @@ def test_fields_give_that_routing_config_whatever_the_depth(given, expected):
         ),
         ({"decision_layers": 3, "keep_ratios": 0.5, "action": "drop"}, "action must be one of ('remove', 'reroute'), got 'drop'"),
         ({"keep_ratio": 0.5}, "keep_ratio= is not a routing argument: use " + ", ".join(ROUTING_KEYS)),
+        (
+            {"preset": "fastv", "tier": 64, "clip": "openai/clip-vit-large-patch14-336"},
+            "clip= is read by the cdpruner presets (vision_stage='cdpruner') only; drop clip=",
+        ),
     ],
 )
 def test_bad_routing_args_fail_with_one_line_naming_the_fix(given, message):
     with pytest.raises(ValueError) as error:
         RoutingArgs.from_values(given)
     assert str(error.value) == message
+
+
+def test_clip_goes_with_a_cdpruner_preset():
+    args = RoutingArgs.from_values({"preset": "cdpruner", "tier": 64, "clip": "openai/clip-vit-large-patch14-336"})
+    assert args.clip == "openai/clip-vit-large-patch14-336"
+    assert args.describe() == "preset=cdpruner, tier=64 of 576, ratios=solved, clip=openai/clip-vit-large-patch14-336"
 
 
 def test_decision_layer_beyond_the_loaded_model_fails_at_apply():

@@ -152,6 +152,14 @@ def prepare_model(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
     return model, processor, family, device
 
 
+def add_clip_argument(parser: argparse.ArgumentParser) -> None:
+    """``--clip``: CDPruner's published relevance, from a CLIP checkpoint (`reroute.methods.cdpruner.ClipRelevance`)."""
+    parser.add_argument("--clip", default=None,
+                        help="CLIP checkpoint (hub id or folder) for the cdpruner presets: relevance in CLIP's space, as "
+                        "CDPruner published it (LLaVA-1.5: openai/clip-vit-large-patch14-336; default: the decoder's "
+                        "embedding space)")
+
+
 def add_methods_argument(parser: argparse.ArgumentParser) -> None:
     """``--methods``: the removal presets to run, each with its rerouted counterpart."""
     parser.add_argument("--methods", default=None,

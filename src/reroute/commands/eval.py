@@ -11,18 +11,20 @@ from pathlib import Path
 
 import reroute.demo  # noqa: F401  registers the demo model's family (``--family demo``)
 from reroute.budgets import preset_names
-from reroute.commands.common import EVAL_EPILOG, add_pixel_arguments, check_paper_tier, prepare_model
+from reroute.commands.common import EVAL_EPILOG, add_clip_argument, add_pixel_arguments, check_paper_tier, prepare_model
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
 from reroute.eval.setup import (
     DTYPES,
     VANILLA,
     check_routable,
+    instruction_encoder,
     load_samples,
     one_line,
     parse_tasks,
     read_config,
     routing_config,
+    uses_instruction_encoder,
 )
 from reroute.eval.task import model_families
 
@@ -49,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="samples per generate() call (default 8; the paper ran 1: docs/evaluation.md, \"Batching\")")
     parser.add_argument("--family", default="auto", choices=("auto", *MODEL_FAMILIES), help="prompt family (default: from the model)")
     add_pixel_arguments(parser)
+    add_clip_argument(parser)
     parser.add_argument(
         "--rec-frame", default="original", choices=("original", "resized"),
         help="REC boxes read in the original image's frame (default, the paper's) or in Qwen's resized frame",
@@ -85,7 +88,7 @@ def default_run_name(args: argparse.Namespace) -> str:
         return f"config-{Path(args.config).stem}"
     if args.preset == VANILLA:
         return VANILLA
-    return f"{args.preset}-{args.tier:g}-{args.ratios}"
+    return f"{args.preset}-{args.tier:g}-{args.ratios}" + ("-clip" if args.clip else "")
 
 
 # ---------------------------------------------------------------------------------- run
@@ -105,11 +108,17 @@ def run(args: argparse.Namespace) -> int:
         model, processor, family, _ = prepare_model(args)
         if args.config is None:
             config = routing_config(args.preset, args.tier, args.ratios, model)
-        check_routable(model, config)
+        if args.clip is not None and not uses_instruction_encoder(config):
+            raise UserError("--clip is read by the cdpruner presets (vision_stage='cdpruner') only; drop it")
+        encoder = instruction_encoder(args.clip, model, processor)
+        check_routable(model, config, encoder)
         labels = {"method": Path(args.config).stem if args.config else args.preset, "tier": args.tier,
                   "ratios": None if args.config or args.preset == VANILLA else args.ratios}
+        if args.clip is not None:
+            labels["clip"] = args.clip
         eval_run = EvalRun(default_run_name(args), config, args.model, family, args.rec_frame, args.batch_size, labels,
-                           min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+                           min_pixels=args.min_pixels, max_pixels=args.max_pixels, clip=args.clip,
+                           instruction_encoder=encoder)
         shard = current_shard()
         from reroute.eval.runner import check_run_dir
 

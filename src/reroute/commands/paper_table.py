@@ -26,10 +26,27 @@ from typing import Any
 
 from reroute.budgets import PAPER_TIERS, REFERENCE_NUM_VISUAL
 from reroute.budgets.pairs import PAPER_METHODS, presets_of
-from reroute.commands.common import EVAL_EPILOG, add_methods_argument, add_pixel_arguments, chosen_methods, prepare_model
+from reroute.commands.common import (
+    EVAL_EPILOG,
+    add_clip_argument,
+    add_methods_argument,
+    add_pixel_arguments,
+    chosen_methods,
+    prepare_model,
+)
 from reroute.commands.extras import require_extra
 from reroute.errors import UserError
-from reroute.eval.setup import DTYPES, VANILLA, check_routable, load_samples, one_line, parse_tasks, routing_config
+from reroute.eval.setup import (
+    DTYPES,
+    VANILLA,
+    check_routable,
+    instruction_encoder,
+    load_samples,
+    one_line,
+    parse_tasks,
+    routing_config,
+    uses_instruction_encoder,
+)
 from reroute.eval.task import model_families
 from reroute.methods.nuwa.params import QWEN_RATIOS
 from reroute.methods.nuwa.presets import NUWA_PRESETS, publishes_keep_ratios
@@ -50,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="samples per generate() call (default 1, as the paper ran; docs/evaluation.md, \"Batching\")")
     parser.add_argument("--family", default="auto", choices=("auto", *model_families()))
     add_pixel_arguments(parser)
+    add_clip_argument(parser)
     parser.add_argument("--rec-frame", default="original", choices=("original", "resized"))
     parser.add_argument("--dtype", default="auto", choices=DTYPES)
     parser.add_argument("--device", default=None)
@@ -158,12 +176,18 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
         tasks = load_samples(parse_tasks(args.tasks), args.data_dir, args.limit)
         model, processor, family, _ = prepare_model(args)
+        runs = [(row, routing_config(row.method, row.preset_tier(), row.ratios or args.ratios, model))
+                for row in table_runs(args.ratios, model, methods)]
+        if args.clip is not None and not any(uses_instruction_encoder(config) for _, config in runs):
+            raise UserError("--clip is read by the cdpruner presets only; add cdpruner to --methods or drop --clip")
+        encoder = instruction_encoder(args.clip, model, processor)  # loaded once, for the cdpruner rows
         plan = []
-        for row in table_runs(args.ratios, model, methods):
-            config = routing_config(row.method, row.preset_tier(), row.ratios or args.ratios, model)
-            check_routable(model, config)
+        for row, config in runs:
+            reads = uses_instruction_encoder(config) and encoder is not None
+            check_routable(model, config, encoder if reads else None)
             eval_run = EvalRun(row.name, config, args.model, family, args.rec_frame, args.batch_size, row.labels(),
-                               min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+                               min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                               clip=args.clip if reads else None, instruction_encoder=encoder if reads else None)
             check_run_dir(eval_run, Path(args.output) / row.name)
             plan.append((row, eval_run))
     except (ValueError, TypeError, FileNotFoundError) as error:  # from the model, the tasks or apply()'s checks

@@ -56,6 +56,9 @@ class EvalRun:
     labels: free-form descriptors kept in the summary (method, tier, ratios, ...).
     min_pixels, max_pixels: the processor's pixel bounds where the family has them (Qwen-VL);
         None keeps the family's default, the paper's (`reroute.eval.setup.with_pixel_bounds`).
+    clip: the CLIP checkpoint of ``instruction_encoder`` (recorded, part of the run's identity).
+    instruction_encoder: `reroute.apply`'s, for a CDPruner config as published
+        (`reroute.eval.setup.instruction_encoder`); None otherwise.
     """
 
     name: str
@@ -67,6 +70,8 @@ class EvalRun:
     labels: dict[str, Any] = field(default_factory=dict)
     min_pixels: int | None = None
     max_pixels: int | None = None
+    clip: str | None = None
+    instruction_encoder: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name in (".", ".."):
@@ -75,6 +80,8 @@ class EvalRun:
             raise ValueError(f"rec_frame must be one of {', '.join(REC_FRAMES)}, got {self.rec_frame!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if (self.clip is None) != (self.instruction_encoder is None):
+            raise ValueError("clip names the instruction_encoder's checkpoint: give both or neither")
         Family(self.family)  # validates the name
         self.protocol()  # validates the pixel bounds
 
@@ -97,6 +104,8 @@ class EvalRun:
         bounds = pixel_bounds(self.protocol())
         if bounds is not None:
             identity["min_pixels"], identity["max_pixels"] = bounds
+        if self.clip is not None:
+            identity["clip"] = self.clip
         return identity
 
 
@@ -205,7 +214,9 @@ def evaluate_task(
     mine = [sample for sample in shard.take(samples) if sample.id not in known]
     num_layers = decoder_dims(model).num_layers
 
-    handle = reroute.apply(model, run.config) if run.config is not None else None
+    handle = None
+    if run.config is not None:
+        handle = reroute.apply(model, run.config, instruction_encoder=run.instruction_encoder)
     new: list[dict[str, Any]] = []
     total = len(shard.take(samples))
     bar = tqdm(total=total, initial=total - len(mine), desc=f"{run.name} {task.name}", unit="sample",
@@ -268,7 +279,8 @@ def check_run_dir(run: EvalRun, run_dir: Path) -> None:
         return
     previous = json.loads(path.read_text())
     if previous != run.identity():
-        changed = ", ".join(k for k in run.identity() if previous.get(k) != run.identity()[k])
+        identity = run.identity()
+        changed = ", ".join(k for k in dict.fromkeys([*identity, *previous]) if previous.get(k) != identity.get(k))
         raise ValueError(
             f"{run_dir} holds a run with another {changed}; use another --output or --run-name, or delete the folder"
         )

@@ -122,12 +122,33 @@ def routing_config(preset: str, tier: float | None, ratios: str, model: Any) -> 
     return reroute.preset(preset, tier=tier * num_visual / REFERENCE_NUM_VISUAL, model=model, num_visual=num_visual)
 
 
-def check_routable(model: Any, config: Any) -> None:
+def check_routable(model: Any, config: Any, instruction_encoder: Any = None) -> None:
     """`reroute.apply`'s own checks (decision layers inside the decoder, supported model), before any sample runs."""
     import reroute
 
     if config is not None:
-        reroute.apply(model, config).restore()
+        reroute.apply(model, config, instruction_encoder=instruction_encoder).restore()
+
+
+def instruction_encoder(clip: str | None, model: Any, processor: Any) -> Any:
+    """CDPruner's published relevance (`reroute.methods.cdpruner.ClipRelevance`) from the CLIP checkpoint
+    ``clip`` (a hub id or a local folder), on the model's device; None without one."""
+    if clip is None:
+        return None
+    from reroute.methods.cdpruner import ClipRelevance
+
+    try:
+        encoder = ClipRelevance.from_pretrained(clip, tokenizer=getattr(processor, "tokenizer", processor))
+    except OSError as error:
+        raise ValueError(f"--clip {clip}: cannot load it ({str(error).splitlines()[0]})") from None
+    return encoder.to(next(model.parameters()).device)
+
+
+def uses_instruction_encoder(config: Any) -> bool:
+    """True for a config whose vision stage reads `reroute.apply`'s ``instruction_encoder`` (CDPruner's)."""
+    from reroute.methods import get_vision_stage
+
+    return config is not None and config.vision_stage is not None and get_vision_stage(config.vision_stage).reads_prompt
 
 
 # ----------------------------------------------------------------------------- resolution

@@ -8,14 +8,9 @@ import re
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import (
-    CLIPTextConfig,
-    CLIPTextModelWithProjection,
-    CLIPVisionModelWithProjection,
-    PreTrainedTokenizerFast,
-)
-from tests.helpers.models import LLAVA_IMAGE_TOKEN, VOCAB, llava_batch, llava_prompt, tiny_llava, tiny_qwen
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+from tests.helpers.clip_parts import clip_tokenizer, vlm_tokenizer, write_clip
+from tests.helpers.models import LLAVA_IMAGE_TOKEN, llava_batch, llava_prompt, tiny_llava, tiny_qwen
 from tests.helpers.vision_stage_checks import (
     PER_IMAGE,
     check_batch_equals_alone,
@@ -30,32 +25,6 @@ from reroute.methods import StageImage
 from reroute.methods.cdpruner import ClipRelevance
 
 CONTEXT = 5  # CLIP's context length here: instructions of 4+ words take two segments, as long questions do at 77
-
-
-def word_tokenizer(words: list[str], specials: dict[str, str], template: bool) -> PreTrainedTokenizerFast:
-    """A word-level fast tokenizer over ``words`` (ids in order); ``template`` wraps a text in start and end."""
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    if template:
-        start, end = specials["bos_token"], specials["eos_token"]
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{start} $A {end}", special_tokens=[(start, words.index(start)), (end, words.index(end))]
-        )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **specials)
-
-
-def vlm_tokenizer() -> PreTrainedTokenizerFast:
-    """The tiny LLaVA's vocabulary: 0 pad, 1 bos, the image token, words w4..w63."""
-    words = ["<pad>", "<s>", "<unk>", "<image>"] + [f"w{i}" for i in range(4, VOCAB)]
-    assert words[LLAVA_IMAGE_TOKEN] == "<image>"
-    return word_tokenizer(words, {"pad_token": "<pad>", "bos_token": "<s>", "unk_token": "<unk>", "additional_special_tokens": ["<image>"]}, False)
-
-
-def clip_tokenizer() -> PreTrainedTokenizerFast:
-    """CLIP's side: its own ids for the same words (shuffled), start and end of text."""
-    words = [f"w{i}" for i in range(4, VOCAB)]
-    words = ["<unk>", "<|startoftext|>"] + [words[i] for i in torch.randperm(len(words), generator=torch.Generator().manual_seed(0))] + ["<|endoftext|>"]
-    return word_tokenizer(words, {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<unk>"}, True)
 
 
 @pytest.fixture(scope="module")
@@ -147,12 +116,8 @@ def llava_prompt_of(num_images: int, seed: int, text_before: int = 3):
 
 def test_loads_from_a_local_folder(setup, tmp_path):
     """`ClipRelevance.from_pretrained` reads a CLIP checkpoint folder (a hub id works the same way)."""
-    from transformers import CLIPConfig, CLIPModel
-
-    model, clip, (text_tokenizer, _, _) = setup
-    config = CLIPConfig(text_config=clip.text_model.config.to_dict(), vision_config=model.config.vision_config.to_dict(), projection_dim=24)
-    CLIPModel(config).save_pretrained(tmp_path)
-    text_tokenizer.save_pretrained(tmp_path)
+    model, clip, _ = setup
+    write_clip(tmp_path, model.config.vision_config, CONTEXT)
     loaded = ClipRelevance.from_pretrained(str(tmp_path), tokenizer=clip.tokenizer)
     assert loaded.refusal(model) is None
     with reroute.apply(model, config_of(model, "cdpruner"), instruction_encoder=loaded), torch.no_grad():

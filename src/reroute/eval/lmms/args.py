@@ -9,7 +9,9 @@ refuse unknown keys). Two ways to choose a routing, never both:
 * the `RoutingConfig` fields: ``action=reroute,decision_layers=[3,7,15,23],keep_ratios=[0.14,0.14,0.14,0.14]``
   (a list is written in brackets, or as one number when there is one decision).
 
-``execution=stagewise|per_layer`` goes with either. No routing key at all: the model runs unrouted.
+``execution=stagewise|per_layer`` goes with either; ``clip=<CLIP checkpoint>`` goes with a cdpruner preset
+(CDPruner's relevance as published, `reroute.methods.cdpruner.ClipRelevance`). No routing key at all: the
+model runs unrouted.
 Everything is checked before the model loads, so a typo costs seconds, not a 7B load.
 
 ``min_pixels=`` / ``max_pixels=`` are lmms-eval's own Qwen-VL arguments; `set_pixel_args` fills
@@ -29,11 +31,11 @@ import reroute
 from reroute.backbones import evaluation_protocols
 from reroute.budgets import REFERENCE_NUM_LAYERS, REFERENCE_NUM_VISUAL
 from reroute.config import RoutingConfig
-from reroute.eval.setup import pixel_bounds, with_pixel_bounds
+from reroute.eval.setup import pixel_bounds, uses_instruction_encoder, with_pixel_bounds
 
 PRESET_KEYS: tuple[str, ...] = ("preset", "tier", "ratios", "num_visual")
 FIELD_KEYS: tuple[str, ...] = ("action", "decision_layers", "keep_ratios")
-ROUTING_KEYS: tuple[str, ...] = (*PRESET_KEYS, *FIELD_KEYS, "execution")
+ROUTING_KEYS: tuple[str, ...] = (*PRESET_KEYS, *FIELD_KEYS, "execution", "clip")
 RATIO_SOURCES: tuple[str, ...] = ("solved", "paper")
 #: lmms-eval's Qwen-VL resolution arguments (`set_pixel_args`)
 PIXEL_ARGS: tuple[str, str] = ("min_pixels", "max_pixels")
@@ -63,6 +65,7 @@ class RoutingArgs:
         num_visual: the visual-token count ``tier`` refers to.
         config: the `RoutingConfig` when the fields were given (validated here, before loading).
         execution: overrides the preset's execution (``"stagewise"`` or ``"per_layer"``).
+        clip: the CLIP checkpoint of a cdpruner preset's relevance as published (`reroute.eval.setup.instruction_encoder`).
     """
 
     preset: str | None = None
@@ -71,19 +74,22 @@ class RoutingArgs:
     num_visual: int = REFERENCE_NUM_VISUAL
     config: RoutingConfig | None = None
     execution: str | None = None
+    clip: str | None = None
 
     def __post_init__(self) -> None:
         if (self.preset is None) == (self.config is None):
             raise ValueError("RoutingArgs needs exactly one of preset= and config=")
-        if self.preset is None:
-            return
-        # A dry run on the paper's 32-layer decoder checks the name, the tier and the ratio
-        # source now; `resolve` repeats it with the loaded model's depth.
-        config = reroute.preset(
-            self.preset, tier=self.tier, ratios=self.ratios, num_layers=REFERENCE_NUM_LAYERS, num_visual=self.num_visual
-        )
-        if self.execution is not None:
-            dataclasses.replace(config, execution=self.execution)  # validates the execution now
+        config = self.config
+        if self.preset is not None:
+            # A dry run on the paper's 32-layer decoder checks the name, the tier and the ratio
+            # source now; `resolve` repeats it with the loaded model's depth.
+            config = reroute.preset(
+                self.preset, tier=self.tier, ratios=self.ratios, num_layers=REFERENCE_NUM_LAYERS, num_visual=self.num_visual
+            )
+            if self.execution is not None:
+                dataclasses.replace(config, execution=self.execution)  # validates the execution now
+        if self.clip is not None and not uses_instruction_encoder(config):
+            raise ValueError("clip= is read by the cdpruner presets (vision_stage='cdpruner') only; drop clip=")
 
     @classmethod
     def pop_from(cls, model_args: MutableMapping[str, Any]) -> RoutingArgs | None:
@@ -100,6 +106,7 @@ class RoutingArgs:
         if not given:
             return None
         execution = _text(given, "execution") if "execution" in given else None
+        clip = _text(given, "clip") if "clip" in given else None
         if "preset" in given:
             fields = [key for key in FIELD_KEYS if key in given]
             if fields:
@@ -119,6 +126,7 @@ class RoutingArgs:
                 ratios=ratios,
                 num_visual=_positive_integer(given, "num_visual") if "num_visual" in given else REFERENCE_NUM_VISUAL,
                 execution=execution,
+                clip=clip,
             )
         orphans = [key for key in PRESET_KEYS if key in given]
         if orphans:
@@ -136,7 +144,7 @@ class RoutingArgs:
             fields["action"] = _text(given, "action")
         if execution is not None:
             fields["execution"] = execution
-        return cls(config=RoutingConfig(**fields))
+        return cls(config=RoutingConfig(**fields), clip=clip)
 
     def resolve(self, model: Any) -> RoutingConfig:
         """The `RoutingConfig` for the loaded ``model`` (a preset's layers scale to its depth)."""
@@ -152,7 +160,8 @@ class RoutingArgs:
         if self.config is not None:
             return str(self.config)
         execution = f", execution={self.execution}" if self.execution else ""
-        return f"preset={self.preset}, tier={self.tier:g} of {self.num_visual}, ratios={self.ratios}{execution}"
+        clip = f", clip={self.clip}" if self.clip else ""
+        return f"preset={self.preset}, tier={self.tier:g} of {self.num_visual}, ratios={self.ratios}{execution}{clip}"
 
 
 def _text(given: dict[str, Any], key: str) -> str:

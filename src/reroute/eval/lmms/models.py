@@ -26,6 +26,7 @@ from loguru import logger as eval_logger
 
 from reroute.eval.lmms.args import RoutingArgs, set_pixel_args
 from reroute.eval.lmms.session import RoutingSession
+from reroute.eval.setup import instruction_encoder
 
 
 class RoutedMixin:
@@ -45,7 +46,10 @@ class RoutedMixin:
         self.routing = None
         if routing_args is not None:
             config = routing_args.resolve(self.model)
-            self.routing = RoutingSession(self.model, config)
+            encoder = None
+            if routing_args.clip is not None:  # CDPruner's relevance as published: CLIP beside the model
+                encoder = instruction_encoder(routing_args.clip, self.model, self.tokenizer)
+            self.routing = RoutingSession(self.model, config, encoder)
             eval_logger.info(f"reroute: {routing_args.describe()} -> {config}")
 
     def _prepare_kwargs(self, kwargs: dict[str, Any]) -> None:

@@ -49,9 +49,9 @@ class RoutingStats:
 class RoutingSession:
     """`reroute.apply` for the length of an evaluation, counting what every prefill decided."""
 
-    def __init__(self, model: nn.Module, config: RoutingConfig) -> None:
+    def __init__(self, model: nn.Module, config: RoutingConfig, instruction_encoder: object = None) -> None:
         self.config = config
-        self._handle: reroute.RoutingHandle | None = reroute.apply(model, config)
+        self._handle: reroute.RoutingHandle | None = reroute.apply(model, config, instruction_encoder=instruction_encoder)
         self._hook = model.register_forward_hook(self._after_forward)
         self._last_trace: Trace | None = None
         self._traces: list[Trace] = []

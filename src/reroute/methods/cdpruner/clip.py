@@ -50,6 +50,12 @@ class ClipRelevance:
         clip = CLIPModel.from_pretrained(name_or_path, **kwargs).eval()
         return cls.from_clip(clip, AutoTokenizer.from_pretrained(name_or_path), tokenizer)
 
+    def to(self, device: torch.device | str) -> ClipRelevance:
+        """Move CLIP's parts to ``device`` (in place, as ``nn.Module.to``); returns self."""
+        for module in (self.text_model, self.text_projection, self.visual_projection):
+            module.to(device)
+        return self
+
     def refusal(self, model: nn.Module) -> str | None:
         """Why this CLIP cannot measure relevance on ``model``'s images, or None."""
         inner = getattr(model, "model", None)
