@@ -13,7 +13,8 @@ On transformers 5.24 the VLM's ``_prepare_static_cache`` is patched too, so that
 ``generate(cache_implementation="static")`` builds a `RoutedStaticCache` (docs/semantics.md §17).
 
 The visual positions reach the decoder through a context variable that lives exactly as long
-as one call of the multimodal forward. Decode steps find their prefill's decisions through
+as one call of the multimodal forward; a stage conditioned on the instruction (CDPruner) reads
+the prompt of the call that encodes the images (generate()'s, or the forward's) through another. Decode steps find their prefill's decisions through
 the KV cache object they continue, so nothing leaks from one call (or one generate) to the next.
 """
 

@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         print("nuwa rows: K = kept fraction of the visual tokens before the decoder (stage 1), n per 2x2 cell, then "
               "the decoder's keep ratios of K; the stage-1 merge adds the vision-side GFLOPs of the last column.")  # fmt: skip
     if any(report.config is not None and report.config.vision_stage not in (None, "nuwa") for *_, report in table):
-        print("other vision-stage rows (divprune, visionzip): K = kept fraction before the decoder, then the decoder's "
+        print("other vision-stage rows (divprune, visionzip, cdpruner): K = kept fraction before the decoder, then the decoder's "
               "keep ratios of K (1: the removal preset's decision keeps every token); the stage's own work is the last column.")  # fmt: skip
     print()
     print(format_table(table))
