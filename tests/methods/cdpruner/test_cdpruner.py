@@ -43,3 +43,4 @@ def test_the_plain_cosine_is_the_official_relevance_of_the_negated_text():
     v, t = torch.randn(30, 8, generator=g), torch.randn(5, 8, generator=g)
     torch.testing.assert_close(instruction_relevance(v, t, negate=False), instruction_relevance(v, -t), rtol=0, atol=0)
     assert torch.equal(instruction_relevance(torch.ones(4, 8), t), torch.ones(4))
+    assert torch.equal(instruction_relevance(v, t[:0]), torch.ones(30))  # no instruction (the image ends the prompt)

@@ -5,7 +5,7 @@ The kernel weighs each pair's similarity by both tokens' relevance to the instru
 instruction's text embeddings ``t_m`` of ``cos(v_i, t_m)`` (``v`` the tokens in the text
 embeddings' space), negated in CLIP's space as CDPruner's LLaVA code does, min-max normalised to
 ``(0, 1]`` with ``1e-6`` added (all ones when every token is equally relevant, where the code
-divides by zero). The subset is the greedy MAP of the DPP (fast Cholesky updates): pick the token of
+divides by zero, or when there is no instruction). The subset is the greedy MAP of the DPP (fast Cholesky updates): pick the token of
 largest remaining gain ``d_j^2``, update every gain, never pick a token twice. Float32 throughout.
 """
 
@@ -19,6 +19,8 @@ def instruction_relevance(image_embeds: torch.Tensor, text_embeds: torch.Tensor,
 
     ``negate``: the official code's sign on CLIP's joint space (its authors observed the flip on CLIP
     only); False is the paper's plain cosine, used in the decoder's embedding space."""
+    if text_embeds.shape[0] == 0:  # no instruction: every token equally relevant (the DPP on similarity alone)
+        return torch.ones(image_embeds.shape[0], dtype=torch.float32, device=image_embeds.device)
     v = image_embeds.float()
     t = text_embeds.float()
     v = v / v.norm(dim=-1, keepdim=True)
