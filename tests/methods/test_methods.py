@@ -158,3 +158,23 @@ def test_engine_and_cost_use_the_action_object_not_its_name(builtin):
                 RoutingConfig(copy.name, (1, 3), (0.25, 0.5))
     finally:
         ACTIONS.unregister(copy.name)
+
+
+def test_a_stage_that_repeats_a_pick_is_an_error_not_a_smaller_budget():
+    """`VisionStage.image_features` refuses kept indices that are not strictly ascending (a repeated pick would
+    silently let fewer tokens in than the stage's count)."""
+    from tests.helpers.models import llava_batch, llava_prompt, tiny_llava
+
+    from reroute.methods import StageImage, VisionStage
+
+    class Repeating(VisionStage):
+        name = "repeating"
+
+        def reduce(self, model, params, inputs):
+            tokens = torch.zeros(3, 4)
+            return [StageImage(kept=torch.tensor([0, 5, 5]), tokens=tokens, grid=(4, 4))]
+
+    model = tiny_llava()
+    features = Repeating().image_features(model, {})
+    with pytest.raises(RuntimeError, match="^vision stage 'repeating' kept token indices that are not strictly ascending$"):
+        features(pixel_values=llava_batch([llava_prompt(1)])["pixel_values"])

@@ -113,6 +113,9 @@ class VisionStage:
             images = self.reduce(model, params, inputs)
             rows = []
             for image in images:
+                if len(image.kept) > 1 and not bool((image.kept[1:] > image.kept[:-1]).all()):
+                    # repeated picks would enter fewer tokens than the stage's count, silently under budget
+                    raise RuntimeError(f"vision stage {self.name!r} kept token indices that are not strictly ascending")
                 full = image.tokens.new_full((image.grid[0] * image.grid[1], image.tokens.shape[-1]), float("nan"))
                 full[image.kept] = image.tokens
                 rows.append(full)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from tests.methods.cdpruner.official import official_encode
 
-from reroute.methods.cdpruner import cdpruner_select, dpp_select
+from reroute.methods.cdpruner import cdpruner_select, conditional_kernel, dpp_select
 
 
 # (tokens N, kept T, text segments M): LLaVA-1.5's 576 at the tiers, and small shapes
@@ -44,3 +44,16 @@ def test_the_plain_cosine_is_the_official_relevance_of_the_negated_text():
     torch.testing.assert_close(instruction_relevance(v, t, negate=False), instruction_relevance(v, -t), rtol=0, atol=0)
     assert torch.equal(instruction_relevance(torch.ones(4, 8), t), torch.ones(4))
     assert torch.equal(instruction_relevance(v, t[:0]), torch.ones(30))  # no instruction (the image ends the prompt)
+
+
+def test_a_spent_kernel_rank_keeps_the_most_relevant_of_the_rest():
+    """Tokens narrower than the kept count: after the DPP's rank is spent (3 picks for width 3), the rest are
+    the unpicked tokens of largest relevance, so the count is always met and no pick repeats."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(20, 3, generator=g)
+    relevance = torch.rand(20, generator=g) + 0.1
+    kernel = conditional_kernel(tokens, relevance)
+    picks = dpp_select(kernel, 10).tolist()
+    assert len(set(picks)) == 10
+    rest = [i for i in torch.argsort(relevance, descending=True).tolist() if i not in picks[:3]][:7]
+    assert picks[3:] == rest

@@ -41,16 +41,32 @@ def conditional_kernel(tokens: torch.Tensor, relevance: torch.Tensor) -> torch.T
     return relevance[:, None] * (x @ x.t()) * relevance[None, :]
 
 
+#: a gain at most this fraction of the largest diagonal entry adds no volume: the kernel's rank is spent
+SPENT_GAIN = 1e-6
+
+
 def dpp_select(kernel: torch.Tensor, count: int) -> torch.Tensor:
-    """``(count,)`` long: the greedy MAP picks of the DPP with ``kernel`` ``(N, N)``, in pick order (ties: lower index)."""
+    """``(count,)`` long: the greedy MAP picks of the DPP with ``kernel`` ``(N, N)``, in pick order (ties: lower index).
+
+    Once no remaining gain is above ``SPENT_GAIN`` of the largest diagonal entry (a kernel of rank
+    below ``count``: tokens narrower than the kept count, or nearly collinear), the rest of the
+    picks are the remaining tokens of largest diagonal ``r_i^2`` (ties: lower index); the official
+    code would take square roots of gains at or below zero there and pick NaN."""
     num_tokens = kernel.shape[0]
     if not 1 <= count <= num_tokens:
         raise ValueError(f"CDPruner keeps 1..{num_tokens} of {num_tokens} tokens, got {count}")
     factors = torch.zeros(count, num_tokens, dtype=torch.float32, device=kernel.device)
-    gains = torch.diagonal(kernel).clone().float()
+    diagonal = torch.diagonal(kernel).float()
+    gains = diagonal.clone()
+    floor = SPENT_GAIN * float(diagonal.max())
     picks = torch.empty(count, dtype=torch.long, device=kernel.device)
     for i in range(count):
         j = torch.argmax(gains)
+        if not float(gains[j]) > floor:
+            free = torch.isfinite(gains)  # the tokens not picked yet
+            order = torch.argsort(diagonal.masked_fill(~free, float("-inf")), descending=True, stable=True)
+            picks[i:] = order[: count - i]
+            break
         picks[i] = j
         row = (kernel[j] - factors[:i, j] @ factors[:i]) / torch.sqrt(gains[j])
         factors[i] = row
