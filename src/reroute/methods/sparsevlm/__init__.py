@@ -7,7 +7,9 @@ the pruned tokens, positions kept, rotary "gravity" correction and head selectio
 (docs/semantics.md §21 lists the versions and where paper and code differ).
 
 - `raters`: the rater selection; `scoring`: the raters' rows, gravity correction, head selection;
-- `parts`: the `sparsevlm` scorer; `presets`: `sparsevlm` and `reroute_vs_sparsevlm`.
+- `parts`: the `sparsevlm` scorer; `presets`: `sparsevlm` and `reroute_vs_sparsevlm`;
+- `recycle`: v1.5's recycling of pruned tokens into merged ones (the tensor math, per sample; no
+  preset runs it, docs/semantics.md §21).
 """
 
 from reroute.methods.sparsevlm import parts, presets  # noqa: F401  (registers the scorer and presets)
