@@ -164,7 +164,10 @@ def gravity_correction(hidden_states, decoder_layer, attn_logits, position_ids):
 # - `batch_index_select`, `index_points`, `cluster_and_merge`: llava/model/language_model/utils.py;
 # - `recycle_pruned` is the statements of llava/model/language_model/modelling_sparse_llama.py lines
 #   283-296 (from ``total_sparse_token_idx`` to the ``cluster_and_merge`` call), wrapped in a function
-#   with the names they read as arguments, returning the recycled indices and the merged tokens.
+#   with the names they read as arguments, returning the recycled indices and the merged tokens;
+# - `insert_merged` is the statements of lines 298-312 (the kept tokens, the merged ones after the kept
+#   visual tokens, the position ids cut to the new length, the visual block's new extent), wrapped the
+#   same way, returning what the loop carries on with.
 # "Imports": `ein` stands in for ``import einops as ein`` (einops is not a dependency of this project):
 # its `rearrange` implements the two patterns `cluster_and_merge` uses.
 
@@ -306,3 +309,23 @@ def recycle_pruned(layer_outputs, policy, pred_score_vis, relation_vis_text):
     
     merge_sparse_token = cluster_and_merge(merge_token_stage2, cluster_num)  
     return merge_token_stage2_idx, merge_sparse_token
+
+
+def insert_merged(layer_outputs, policy, pred_score_vis, merge_sparse_token, cluster_num, position_ids, v_token_start):
+    select_token_idx = torch.where(policy == 1)[1].unsqueeze(0)  # B, L_new
+    select_token = batch_index_select(layer_outputs[0], select_token_idx)
+    select_vis_token_num = pred_score_vis.sum()
+    select_and_merge_token = torch.cat((select_token[:,:v_token_start+select_vis_token_num,:] ,
+            merge_sparse_token,
+            select_token[:,v_token_start+select_vis_token_num:,:])
+            ,dim=1
+    )
+
+    layer_outputs = (select_and_merge_token, layer_outputs[1])  # B, L, C
+    position_ids = position_ids[:, :len(select_token_idx[0])+cluster_num]
+    prev_decision = policy
+    # update
+    v_token_num = pred_score_vis.sum() + cluster_num # B == 1
+    # print(layer_idx, v_token_num)
+    text_token_start = v_token_start + v_token_num
+    return layer_outputs, position_ids, v_token_num, text_token_start
