@@ -2,7 +2,9 @@
 
 Opt-in: `RoutedDecoder.prefill` comes here only when its scorer ``recycles``; every other config
 runs the engine's own loop unchanged. Only ``remove``, stage-wise, without a vision stage and
-with 1-D rotary positions (the config and the engine refuse the rest).
+with 1-D rotary positions (the config and the engine refuse the rest). A part of the engine: it
+drives the `RoutedDecoder`'s layers with its helpers, and the engine builds the `DecodeState` and
+`Trace` from what it returns.
 
 What differs from a plain removal prefill:
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -33,6 +36,10 @@ from reroute.runtime.layout import Layout, with_trash_row
 from reroute.runtime.masks import compact_prefill_mask
 from reroute.runtime.static_cache import RoutedStaticCache
 
+RECYCLING_NEEDS_1D = (
+    "a recycling scorer (SparseVLM v1.5, docs/semantics.md §21) renumbers 1-D rotary positions; this family uses "
+    "M-RoPE (3-D positions): use scorer='sparsevlm' (v2.0, no recycling)"
+)
 NO_STATIC_CACHE = (
     "a recycling scorer (docs/semantics.md §21) renumbers each layer's decode positions, which the routed static "
     "cache does not do; generate with the default dynamic cache"
@@ -49,7 +56,7 @@ class RecyclingRun:
     """
 
     hidden: torch.Tensor
-    prompt: object
+    prompt: Any
     stage_active: list
     selections: list
     scored: list
@@ -192,8 +199,3 @@ def recycling_prefill(decoder, hidden, attention_mask, positions, cache, use_cac
         h = buffer[:, :length]
     return dataclasses.replace(run, hidden=h)
 
-
-RECYCLING_NEEDS_1D = (
-    "a recycling scorer (SparseVLM v1.5, docs/semantics.md §21) renumbers 1-D rotary positions; this family uses "
-    "M-RoPE (3-D positions): use scorer='sparsevlm' (v2.0, no recycling)"
-)

@@ -1,4 +1,4 @@
-"""The `sparsevlm` and `reroute_vs_sparsevlm` presets (docs/semantics.md §21).
+"""The `sparsevlm`, `reroute_vs_sparsevlm`, `sparsevlm_v15` and `reroute_vs_sparsevlm_v15` presets (docs/semantics.md §21).
 
 SparseVLM+ (v2.0, Gumpest/SparseVLMs main since 9e376ce) prunes after layers 2, 6 and 15 of
 LLaVA-1.5's 32 (our decisions at 3, 7 and 16, scored with the layer before) to a count table
@@ -8,6 +8,9 @@ layer at its pruned count although it ran on every token). ``ratios="solved"`` (
 scales the table of the nearest published tier by one factor so that the continuous avg_T
 equals the tier on the model's depth. `reroute_vs_sparsevlm` is the same schedule and scorer
 under ``reroute``: the same per-layer counts, so the same avg_T, FLOPs and KV cache.
+
+`sparsevlm_v15` is v1.5 (branch v1.5 = b9619e6): its own count table, and its recycling adds merged
+tokens on top, which the budget counts; `reroute_vs_sparsevlm_v15` keeps at each stage what it runs.
 """
 
 from __future__ import annotations
