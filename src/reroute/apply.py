@@ -359,6 +359,11 @@ class RoutingHandle:
             # gives its own warning, and `attentions` is what stock returns when no layer computes weights.
             self._weightless.warn()
             kwargs["output_attentions"] = True
+        if (wanted.hidden or wanted.attentions) and self.decoder.scorer.recycles:
+            raise ValueError(
+                f"output_hidden_states / output_attentions are not supported with scorer={self.config.scorer!r} "
+                "(its merged tokens have no prompt position); call handle.restore() to get them from the stock model"
+            )
         if (wanted.hidden or wanted.attentions) and self.config.vision_stage is not None:
             raise ValueError(
                 f"output_hidden_states / output_attentions are not supported with vision_stage="

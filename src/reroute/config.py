@@ -121,7 +121,13 @@ class RoutingConfig:
                 f"execution={self.execution!r} applies to {which} only; "
                 f"use execution={action.executions[0]!r} with {self.action!r}"
             )
-        SCORERS.get(self.scorer).check_params(dict(self.scorer_params))  # unknown names: one line listing them
+        scorer = SCORERS.get(self.scorer)
+        scorer.check_params(dict(self.scorer_params))  # unknown names: one line listing them
+        if scorer.recycles and (self.action != "remove" or self.vision_stage is not None):
+            raise ValueError(
+                f"scorer {self.scorer!r} recycles pruned tokens (docs/semantics.md §21): it runs with action='remove' "
+                "and no vision_stage only; use scorer='sparsevlm' for the other actions"
+            )
         if self.vision_stage is not None:
             VISION_STAGES.get(self.vision_stage).check_params(dict(self.vision_params))
         elif self.vision_params:
@@ -209,9 +215,22 @@ class RoutingConfig:
             return num_visual
         return VISION_STAGES.get(self.vision_stage).kept_count(num_visual, dict(self.vision_params))
 
+    def stage_visual_counts(self, num_visual: int) -> tuple[int, ...]:
+        """Visual tokens taking part in each stage for a prompt of ``num_visual`` visual tokens: ``k_s``,
+        plus the merged tokens a recycling scorer adds (docs/semantics.md §21), which compete again later."""
+        counts = self.keep_counts(num_visual)
+        scorer = SCORERS.get(self.scorer)
+        if not scorer.recycles or num_visual <= 0:
+            return counts
+        stages, before = [], num_visual
+        for k in counts:
+            before = k + scorer.merged_count(max(0, before - k))
+            stages.append(before)
+        return tuple(stages)
+
     def visual_counts_per_layer(self, num_visual: int, num_layers: int) -> list[int]:
         """Visual tokens taking part in each decoder layer (the same for both actions, docs/semantics.md §1),
         for a prompt of one image of ``num_visual`` tokens."""
         entering = self.decoder_visual_count(num_visual)
-        counts = self.keep_counts(entering)
+        counts = self.stage_visual_counts(entering)
         return [entering if (s := self.stage_of_layer(i)) < 0 else counts[s] for i in range(num_layers)]

@@ -54,12 +54,13 @@ scores for free in matmul FLOPs. With a
         return 0
     num_visual = config.decoder_visual_count(num_visual)
     counts = config.keep_counts(num_visual)
+    stages = config.stage_visual_counts(num_visual)  # the keep counts, plus merged tokens when a scorer recycles
     action = ACTIONS.get(config.action)
     scorer = SCORERS.get(config.scorer)
     rows = scorer.rows_read(num_text)
     total = 0
     for s in range(config.num_decisions):
-        candidates = action.num_candidates(num_visual, None if s == 0 else counts[s - 1])
+        candidates = action.num_candidates(num_visual, None if s == 0 else stages[s - 1])
         if counts[s] >= candidates:
             continue
         keys = num_text + candidates

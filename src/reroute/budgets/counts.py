@@ -86,6 +86,12 @@ def avg_t(
     """avg_T of a routing config on a decoder of ``num_layers`` layers (``None``: vanilla, ``N_vis``)."""
     if config is None:
         return float(num_visual)
+    if config.stage_visual_counts(num_visual) != config.keep_counts(num_visual):
+        # a recycling scorer's merged tokens take part too (docs/semantics.md §21): integer counts, added to both
+        added = [a - k for a, k in zip(config.stage_visual_counts(num_visual), config.keep_counts(num_visual))]
+        extra = math.fsum(added[s] for i in range(num_layers) if (s := config.stage_of_layer(i)) >= 0)
+        plain = schedule_avg_t(config.decision_layers, config.keep_ratios, num_layers, num_visual, integer=integer)
+        return plain + extra / num_layers
     if config.vision_stage is not None:
         # Counts start from what the vision stage lets into the decoder (keep ratios are fractions of it).
         if integer:

@@ -35,6 +35,10 @@ class Scorer:
     #: True when the rule compares the states entering its layer with those entering the layer
     #: before (``ScoringInputs.previous_hidden``); the engine keeps that copy only then
     reads_previous_layer: bool = False
+    #: True when a ``remove`` decision turns part of what it prunes into new visual tokens placed after
+    #: the kept ones, and each layer's positions are renumbered (SparseVLM v1.5's recycling,
+    #: docs/semantics.md §21); the engine then asks `merged_count` and `recycle`
+    recycles: bool = False
     #: accepted parameters (``RoutingConfig.scorer_params``) and their defaults
     params: Mapping[str, float] = {}
 
@@ -69,6 +73,15 @@ class Scorer:
 
     def score(self, inputs: ScoringInputs) -> torch.Tensor:
         """``(B, n)`` float scores, higher = more important (values on non-keys are ignored)."""
+        raise NotImplementedError
+
+    def merged_count(self, num_pruned: int) -> int:
+        """Tokens a decision that prunes ``num_pruned`` visual tokens adds (0 unless the scorer ``recycles``)."""
+        return 0
+
+    def recycle(self, states: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``(merged_count(P), D)`` float32: the tokens one sample's pruned tokens become (``states``
+        ``(P, D)`` in sequence order, ``scores`` ``(P,)`` their scores); only for a scorer that ``recycles``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

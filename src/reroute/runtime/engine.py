@@ -12,14 +12,16 @@ variables and in the `DecodeState` it returns, which the caller keys by the cach
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from reroute.runtime.adapter import DecoderAdapter, LayerInjections, Positions
-from reroute.runtime.compat import Compat
+from reroute.runtime.compat import Compat, uses_mrope
 from reroute.runtime.layout import Layout, with_trash_row
 from reroute.runtime.masks import compact_decode_mask, compact_prefill_mask, key_padding
+from reroute.runtime.recycling import RECYCLING_NEEDS_1D, recycling_prefill
 from reroute.runtime.static_cache import decode_masks, key_room, pad_key_slots
 from reroute.registry import ACTIONS, SCORERS
 from reroute.runtime.decision import RoutingPlan, ScoringInputs, select_top_k
@@ -37,12 +39,15 @@ class DecodeState:
         are real keys (not padding, not slack).
     layouts: per compact stage, the prompt positions its layers ran on, as the action chose
         them (what ``output_hidden_states`` / ``output_attentions`` scatter back, `reroute.runtime.outputs`).
+    position_shift: per compact stage, ``(B,)``: how far its decode positions sit below the stock ones
+        (a recycling scorer renumbers them, docs/semantics.md §21); empty: positions never change.
     """
 
     prompt_length: int
     layer_stage: tuple[int, ...]
     prompt_keys: tuple[torch.Tensor, ...]
     layouts: tuple[Layout, ...]
+    position_shift: tuple[torch.Tensor, ...] = ()
 
     def layer_layouts(self) -> list[Layout | None]:
         """Per layer, the compact layout it ran on in the prefill; None where it ran the whole prompt."""
@@ -99,6 +104,8 @@ class RoutedDecoder:
         self.rotary = backbone.rotary(text_model)
         # how this model's decoder is driven on the installed transformers (decided once, here)
         self.compat = Compat.for_model(self.layers[0], self.text_config)
+        if self.scorer.recycles and uses_mrope(self.text_config):
+            raise ValueError(RECYCLING_NEEDS_1D)
 
     # ------------------------------------------------------------------ helpers
     def _run_layer(self, layer, hidden, mask, position_embeddings, position_ids, cache, use_cache, kwargs):
@@ -127,6 +134,8 @@ class RoutedDecoder:
         token keeps its original position. ``injections``: what the family adds after its first
         layers (taken from ``kwargs`` when not given); only the tokens that ran a layer receive its.
         """
+        if self.scorer.recycles:  # opt-in: SparseVLM v1.5 adds merged tokens and renumbers positions (§21)
+            return self._prefill_recycling(hidden, attention_mask, positions, cache, use_cache, visual, kwargs)
         config = self.config
         length = hidden.shape[1]
         if injections is None:  # DeepStack (Qwen3-VL); None elsewhere
@@ -237,6 +246,23 @@ class RoutedDecoder:
             prompt_length=length, layer_stage=tuple(layer_stage), prompt_keys=tuple(prompt_keys), layouts=tuple(layouts)
         )
         return h, state, trace
+
+    def _prefill_recycling(self, hidden, attention_mask, positions, cache, use_cache, visual, kwargs):
+        """`prefill` for a scorer that recycles pruned tokens (`reroute.runtime.recycling`)."""
+        run = recycling_prefill(self, hidden, attention_mask, positions, cache, use_cache, visual, kwargs)
+        # the trace's selections and scores name prompt positions: merged tokens have none (they count in visual_per_layer)
+        prompt_only = torch.arange(run.prompt.length, device=hidden.device) < hidden.shape[1]
+        selections = [chosen & prompt_only for chosen in run.selections]
+        scored = [(candidates & prompt_only, scores) for candidates, scores in run.scored]
+        trace = self._trace(run.prompt, run.stage_active, selections, run.layer_stage, run.prompt_keys, scored)
+        # the layers before the first decision cache the prompt (the trace's prompt also spans the merged slots)
+        full = tuple(hidden.shape[1] if st < 0 else n for st, n in zip(run.layer_stage, trace.cache_lengths))
+        trace = dataclasses.replace(trace, cache_lengths=full)
+        state = DecodeState(
+            prompt_length=hidden.shape[1], layer_stage=tuple(run.layer_stage), prompt_keys=tuple(run.prompt_keys),
+            layouts=tuple(run.layouts), position_shift=tuple(run.position_shift),
+        )  # fmt: skip
+        return self.norm(run.hidden), state, trace
 
     def _compact_stage(self, layout: Layout, prompt: _Prompt, dtype: torch.dtype, room: int = 0):
         """``(mask, position_embeddings, position_ids, key_valid)`` of a stage that runs only
@@ -406,7 +432,13 @@ class RoutedDecoder:
             compact_decode_mask(keys, decoded_valid, num_new, implementation, hidden.dtype) for keys in state.prompt_keys
         ]
         assert decoded_valid.shape[1] == decoded
-        return self._decode_layers(hidden, stock_mask, stage_masks, position_embeddings, positions, cache, use_cache, state, kwargs)
+        # renumbered stages (a recycling scorer, docs/semantics.md §21): the stock position minus the stage's shift
+        stage_tables = [
+            self.compat.rotary_tables(self.rotary, hidden, positions.rope - shift[:, None]) for shift in state.position_shift
+        ]
+        return self._decode_layers(
+            hidden, stock_mask, stage_masks, position_embeddings, positions, cache, use_cache, state, kwargs, stage_tables
+        )
 
     def decode_static(
         self, hidden: torch.Tensor, full_mask: torch.Tensor, positions: Positions, cache, use_cache: bool,
@@ -424,12 +456,15 @@ class RoutedDecoder:
         stage_masks = decode_masks(full_mask, state.prompt_keys, state.prompt_length, implementation, hidden.dtype)
         return self._decode_layers(hidden, full_mask, stage_masks, position_embeddings, positions, cache, use_cache, state, kwargs)
 
-    def _decode_layers(self, hidden, stock_mask, stage_masks, position_embeddings, positions, cache, use_cache, state, kwargs):
+    def _decode_layers(
+        self, hidden, stock_mask, stage_masks, position_embeddings, positions, cache, use_cache, state, kwargs, stage_tables=()
+    ):  # fmt: skip
         h = hidden
         for i, layer in enumerate(self.layers):
             stage = state.layer_stage[i]
             mask = stock_mask if stage < 0 else stage_masks[stage]
-            h = self._run_layer(layer, h, mask, position_embeddings, positions.text, cache, use_cache, kwargs)
+            tables = stage_tables[stage] if stage >= 0 and stage_tables else position_embeddings
+            h = self._run_layer(layer, h, mask, tables, positions.text, cache, use_cache, kwargs)
         return self.norm(h)
 
 

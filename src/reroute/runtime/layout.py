@@ -18,7 +18,8 @@ import torch
 class Layout:
     """Positions held by a compact sequence.
 
-    index: ``(B, n)`` long, original positions in ``[0, L]`` (``L`` is the trash row), increasing.
+    index: ``(B, n)`` long, original positions in ``[0, L]`` (``L`` is the trash row), increasing
+        (in sequence order instead for `from_order`).
     valid: ``(B, n)`` bool, False on slack.
     length: ``L``, the full prompt length.
     """
@@ -35,6 +36,19 @@ class Layout:
         width = int(counts.max()) if batch else 0
         # A stable sort of "inactive" puts each row's active positions first, in original order.
         index = torch.sort((~active).to(torch.int8), dim=1, stable=True).indices[:, :width]
+        valid = torch.arange(width, device=active.device)[None, :] < counts[:, None]
+        return cls(index=index.masked_fill(~valid, length), valid=valid, length=length)
+
+    @classmethod
+    def from_order(cls, active: torch.Tensor, order: torch.Tensor) -> Layout:
+        """Layout of the positions marked True in ``active``, in increasing ``order`` (``(B, L)`` long,
+        distinct within a row) rather than position order: SparseVLM v1.5's merged tokens run after the
+        kept visual tokens although their rows come last (docs/semantics.md §21)."""
+        batch, length = active.shape
+        counts = active.sum(dim=1)
+        width = int(counts.max()) if batch else 0
+        key = order.masked_fill(~active, int(order.max()) + 1 if order.numel() else 0)
+        index = torch.sort(key, dim=1, stable=True).indices[:, :width]
         valid = torch.arange(width, device=active.device)[None, :] < counts[:, None]
         return cls(index=index.masked_fill(~valid, length), valid=valid, length=length)
 

@@ -14,6 +14,9 @@ SparseVLM+ v2.0 merged in 9e376ce):
 ``sparse_token_dict``) are set by `topk_mask` per call so the count is the test's, and
 `OldRotary` / `apply_rotary_pos_emb` are transformers 4.37's rotary API (which the official code
 calls) over the tiny model's own rotary module.
+
+v1.5's recycling (`cluster_and_merge` and the statements around it) comes from another commit,
+b9619e6 (branch v1.5): see the section at the end of this file.
 """
 
 from __future__ import annotations
@@ -153,3 +156,176 @@ def gravity_correction(hidden_states, decoder_layer, attn_logits, position_ids):
     rope_weights = torch.matmul(query_states, key_states.transpose(2, 3)) / math.sqrt(head_dim)
     attn_logits = attn_logits / rope_weights
     return attn_logits
+
+
+# ================================================================ v1.5's recycling of pruned tokens
+# Source: github.com/Gumpest/SparseVLMs at commit b9619e61a6f840d7aa9817eadd68bb5e84ce7b95 (branch v1.5;
+# main 26a5f48 runs the same code without USE_VERSION):
+# - `batch_index_select`, `index_points`, `cluster_and_merge`: llava/model/language_model/utils.py;
+# - `recycle_pruned` is the statements of llava/model/language_model/modelling_sparse_llama.py lines
+#   283-296 (from ``total_sparse_token_idx`` to the ``cluster_and_merge`` call), wrapped in a function
+#   with the names they read as arguments, returning the recycled indices and the merged tokens;
+# - `insert_merged` is the statements of lines 298-312 (the kept tokens, the merged ones after the kept
+#   visual tokens, the position ids cut to the new length, the visual block's new extent), wrapped the
+#   same way, returning what the loop carries on with.
+# "Imports": `ein` stands in for ``import einops as ein`` (einops is not a dependency of this project):
+# its `rearrange` implements the two patterns `cluster_and_merge` uses.
+
+
+class ein:  # the official code's module alias
+    @staticmethod
+    def rearrange(x, pattern):
+        return {"b l r -> b l () r": lambda t: t.unsqueeze(2), "b l r -> b () l r": lambda t: t.unsqueeze(1)}[pattern](x)
+
+
+def  batch_index_select(x, idx):
+
+    if len(x.size()) == 4:
+        B, H, N, C = x.size()
+        N_new = idx.size(1)
+        offset = torch.arange(B, dtype=torch.long, device=x.device).view(B, 1) * N
+        idx = idx + offset
+        out = x.reshape(B*N, H, C)[idx.reshape(-1)].reshape(B, H, N_new, C)
+        return out
+    elif len(x.size()) == 3:
+        # in this condition
+        B, N, C = x.size()
+        N_new = idx.size(1)
+        offset = torch.arange(B, dtype=torch.long, device=x.device).view(B, 1) * N
+        idx = idx + offset
+        out = x.reshape(B*N, C)[idx.reshape(-1)].reshape(B, N_new, C)
+        return out
+    elif len(x.size()) == 2:
+        B, N = x.size()
+        N_new = idx.size(1)
+        offset = torch.arange(B, dtype=torch.long, device=x.device).view(B, 1) * N
+        idx = idx + offset
+        out = x.reshape(B*N)[idx.reshape(-1)].reshape(B, N_new)
+        return out
+    else:
+        raise NotImplementedError
+
+
+def index_points(points, idx):
+    """Sample features following the index.
+    Returns:
+        new_points:, indexed points data, [B, S, C]
+
+    Args:
+        points: input points data, [B, N, C]
+        idx: sample index data, [B, S]
+    """
+    device = points.device
+    B = points.shape[0]
+    view_shape = list(idx.shape)
+    view_shape[1:] = [1] * (len(view_shape) - 1)
+    repeat_shape = list(idx.shape)
+    repeat_shape[0] = 1
+    batch_indices = torch.arange(B, dtype=torch.long).to(device).view(view_shape).repeat(repeat_shape)
+    new_points = points[batch_indices, idx, :]
+    return new_points
+
+
+def cluster_and_merge(x, cluster_num):
+    
+    B, N, C = x.shape
+
+    x1 = ein.rearrange(x, "b l r -> b l () r")
+    x2 = ein.rearrange(x, "b l r -> b () l r")
+    distance = (x1 - x2).norm(dim=-1, p=2)
+    dist_matrix = distance / (C ** 0.5)        
+    # get local density
+    dist_nearest, index_nearest = torch.topk(dist_matrix, k=cluster_num, dim=-1, largest=False)
+    density = (-(dist_nearest ** 2).mean(dim=-1)).exp()
+    # add a little noise to ensure no tokens have the same density.
+    density = density + torch.rand(
+        density.shape, device=density.device, dtype=density.dtype) * 1e-6
+
+    # get distance indicator
+    mask = density[:, None, :] > density[:, :, None]
+    mask = mask.type(x.dtype)
+    dist_max = dist_matrix.flatten(1).max(dim=-1)[0][:, None, None]
+    dist, index_parent = (dist_matrix * mask + dist_max * (1 - mask)).min(dim=-1)
+
+    # select clustering center according to score
+    score = dist * density
+    _, index_down = torch.topk(score, k=cluster_num, dim=-1)        
+
+    # assign tokens to the nearest center
+    dist_matrix = index_points(dist_matrix, index_down)     
+
+    idx_cluster = dist_matrix.argmin(dim=1)    
+
+    # make sure cluster center merge to itself 
+    idx_batch = torch.arange(B, device=x.device)[:, None].expand(B, cluster_num)
+    idx_tmp = torch.arange(cluster_num, device=x.device)[None, :].expand(B, cluster_num)
+    idx_cluster[idx_batch.reshape(-1), index_down.reshape(-1)] = idx_tmp.reshape(-1)
+
+    # merge tokens
+
+    B, N, C = x.shape
+    device = dist_matrix.device
+    idx_token = torch.arange(N)[None, :].repeat(B, 1).to(device)
+    agg_weight = x.new_ones(B, N, 1)
+    
+    token_weight = x.new_ones(B, N, 1)
+    # self_attn_weights = self_attn_weights.mean(1)
+    # token_weight = self_attn_weights.sum(dim=1).exp().unsqueeze(2) 
+    # B_weight,N_weigh,C_weight = token_weight.shape
+    # token_weight = token_weight.reshape(B_weight*N_weigh, C_weight)[sparse_token_idx.reshape(-1)].reshape(B, N, 1)
+    
+    idx_batch = torch.arange(B, device=x.device)[:, None]
+    idx = idx_cluster + idx_batch * cluster_num     
+
+    all_weight = token_weight.new_zeros(B * cluster_num, 1)
+    all_weight.index_add_(dim=0, index=idx.reshape(B * N),      
+                            source=token_weight.reshape(B * N, 1))      
+    all_weight = all_weight + 1e-6
+    norm_weight = token_weight / all_weight[idx]       
+
+    # average token features
+    x_merged = x.new_zeros(B * cluster_num, C)
+    source = x * norm_weight
+    x_merged.index_add_(dim=0, index=idx.reshape(B * N),        
+                        source=source.reshape(B * N, C).type(x.dtype))
+    x_merged = x_merged.reshape(B, cluster_num, C)
+    
+    return x_merged
+
+
+def recycle_pruned(layer_outputs, policy, pred_score_vis, relation_vis_text):
+    total_sparse_token_idx = torch.where(policy == 0)[1].unsqueeze(0)  
+    total_sparse_token = batch_index_select(layer_outputs[0], total_sparse_token_idx) 
+    
+    merge_token_idx_stage1 = torch.where(pred_score_vis==0)[1]
+    merge_token_stage1 = relation_vis_text[0][merge_token_idx_stage1]
+    merge_token_num_stage1 = int(merge_token_idx_stage1.shape[0] * 0.3 ) + 1 # Top 30%
+    merge_token_stage2_idx = merge_token_stage1.topk(merge_token_num_stage1)[1]
+   
+    merge_token_stage2 = total_sparse_token[:,merge_token_stage2_idx,:]
+    cluster_num = int(merge_token_stage2.shape[1] / 10) + 1       
+    if (cluster_num == 0) :
+        cluster_num = merge_token_stage2.shape[1]
+    
+    merge_sparse_token = cluster_and_merge(merge_token_stage2, cluster_num)  
+    return merge_token_stage2_idx, merge_sparse_token
+
+
+def insert_merged(layer_outputs, policy, pred_score_vis, merge_sparse_token, cluster_num, position_ids, v_token_start):
+    select_token_idx = torch.where(policy == 1)[1].unsqueeze(0)  # B, L_new
+    select_token = batch_index_select(layer_outputs[0], select_token_idx)
+    select_vis_token_num = pred_score_vis.sum()
+    select_and_merge_token = torch.cat((select_token[:,:v_token_start+select_vis_token_num,:] ,
+            merge_sparse_token,
+            select_token[:,v_token_start+select_vis_token_num:,:])
+            ,dim=1
+    )
+
+    layer_outputs = (select_and_merge_token, layer_outputs[1])  # B, L, C
+    position_ids = position_ids[:, :len(select_token_idx[0])+cluster_num]
+    prev_decision = policy
+    # update
+    v_token_num = pred_score_vis.sum() + cluster_num # B == 1
+    # print(layer_idx, v_token_num)
+    text_token_start = v_token_start + v_token_num
+    return layer_outputs, position_ids, v_token_num, text_token_start

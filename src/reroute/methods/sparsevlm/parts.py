@@ -8,6 +8,7 @@ import torch
 
 from reroute.methods.scorer import Scorer, register_scorer
 from reroute.methods.sparsevlm.raters import select_raters
+from reroute.methods.sparsevlm.recycle import merged_count, recycle
 from reroute.methods.sparsevlm.scoring import rater_scores
 from reroute.runtime.decision import ScoringInputs
 
@@ -59,3 +60,24 @@ class SparseVLMScorer(Scorer):
             head_fraction=params["head_fraction"],
             gravity=bool(params["gravity"]),
         )
+
+
+#: SparseVLM v1.5's scoring rule: every head, no gravity correction
+V15_PARAMS = {"head_fraction": 1.0, "gravity": 0.0}
+
+
+@register_scorer
+class SparseVLMV15Scorer(SparseVLMScorer):
+    """SparseVLM v1.5 with its recycling (docs/semantics.md §21): the v1.5 rule (defaults
+    ``head_fraction=1.0``, ``gravity=0``), and each removal decision merges part of what it prunes
+    into new visual tokens after the kept ones, the positions renumbered (`recycle`)."""
+
+    name = "sparsevlm_v15"
+    params = dict(V15_PARAMS)
+    recycles = True
+
+    def merged_count(self, num_pruned: int) -> int:
+        return merged_count(num_pruned)
+
+    def recycle(self, states: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return recycle(states, scores).merged

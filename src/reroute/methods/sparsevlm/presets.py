@@ -1,4 +1,4 @@
-"""The `sparsevlm` and `reroute_vs_sparsevlm` presets (docs/semantics.md §21).
+"""The `sparsevlm`, `reroute_vs_sparsevlm`, `sparsevlm_v15` and `reroute_vs_sparsevlm_v15` presets (docs/semantics.md §21).
 
 SparseVLM+ (v2.0, Gumpest/SparseVLMs main since 9e376ce) prunes after layers 2, 6 and 15 of
 LLaVA-1.5's 32 (our decisions at 3, 7 and 16, scored with the layer before) to a count table
@@ -8,6 +8,9 @@ layer at its pruned count although it ran on every token). ``ratios="solved"`` (
 scales the table of the nearest published tier by one factor so that the continuous avg_T
 equals the tier on the model's depth. `reroute_vs_sparsevlm` is the same schedule and scorer
 under ``reroute``: the same per-layer counts, so the same avg_T, FLOPs and KV cache.
+
+`sparsevlm_v15` is v1.5 (branch v1.5 = b9619e6): its own count table, and its recycling adds merged
+tokens on top, which the budget counts; `reroute_vs_sparsevlm_v15` keeps at each stage what it runs.
 """
 
 from __future__ import annotations
@@ -15,23 +18,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from reroute.budgets.depth import REFERENCE_NUM_LAYERS, scale_decision_layers
+from reroute.backbones import backbone_for_config
+from reroute.backbones.qwen2_vl import QwenVLLayout
+from reroute.budgets.counts import REFERENCE_NUM_VISUAL, avg_t
+from reroute.budgets.depth import REFERENCE_NUM_LAYERS, num_decoder_layers, scale_decision_layers
 from reroute.budgets.presets import register_preset
 from reroute.budgets.solver import solve
 from reroute.config import RoutingConfig
+from reroute.methods.sparsevlm.parts import V15_PARAMS
+from reroute.runtime.compat import uses_mrope
+from reroute.runtime.dims import text_config
 
 #: our decision layers on LLaVA-1.5 (pruning after the official layers 2, 6, 15)
 DECISION_LAYERS = (3, 7, 16)
 PUBLISHED_NUM_VISUAL = 576
 #: SparseVLM+ (v2.0) tokens kept after layers 2, 6, 15, per tier (llava/model/language_model/score.py, V2_0)
 COUNT_TABLE: dict[int, tuple[int, int, int]] = {192: (300, 200, 118), 128: (238, 108, 60), 64: (66, 34, 20)}
+#: SparseVLM v1.5 (branch v1.5 = b9619e6, score.py): tokens kept after layers 2, 6, 15, merged tokens on top
+V15_COUNT_TABLE: dict[int, tuple[int, int, int]] = {192: (300, 200, 110), 128: (303, 110, 36), 64: (66, 30, 17)}
 
 
-def nearest_table(tier: float, num_visual: int) -> tuple[int, int, int]:
+def nearest_table(tier: float, num_visual: int, tables: dict = COUNT_TABLE) -> tuple[int, int, int]:
     """The published count table whose tier is the nearest fraction of the visual tokens (ties: the larger tier)."""
     fraction = tier / num_visual
-    best = min(COUNT_TABLE, key=lambda t: (abs(t / PUBLISHED_NUM_VISUAL - fraction), -t))
-    return COUNT_TABLE[best]
+    best = min(tables, key=lambda t: (abs(t / PUBLISHED_NUM_VISUAL - fraction), -t))
+    return tables[best]
 
 
 def table_shape(table: tuple[int, ...]):
@@ -75,7 +86,98 @@ class SparseVLMPreset:
         return None
 
 
+def _solve_with_merged(shape, layers: tuple[int, ...], depth: int, tier: float, num_visual: int) -> tuple[float, ...]:
+    """The shape's ratios whose avg_T with the merged tokens (continuous keep counts, integer merged
+    counts) is nearest ``tier``: bisection on the parameter, as `reroute.budgets.solve` does."""
+
+    def total(p: float) -> float:
+        config = RoutingConfig("remove", layers, shape(p, len(layers)), scorer="sparsevlm_v15")
+        return avg_t(config, depth, num_visual)
+
+    low, high = 1e-9, 1.0
+    if not total(low) < tier <= total(high):
+        raise ValueError(
+            f"tier {tier} is not reachable with SparseVLM v1.5's layers {layers} of {depth} "
+            f"(avg_T {total(low):.4g} to {total(high):.4g}); choose a tier in that range"
+        )
+    for _ in range(100):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if total(mid) < tier else (low, mid)
+    best = high if abs(total(high) - tier) <= abs(total(low) - tier) else low
+    return shape(best, len(layers))
+
+
+@dataclass(frozen=True)
+class SparseVLMV15Preset:
+    """``sparsevlm_v15`` (remove, recycling) or ``reroute_vs_sparsevlm_v15`` (reroute at its per-layer counts).
+
+    v1.5's table keeps ``k_s`` visual tokens and its recycling adds merged ones on top, so the budget
+    counts both (docs/semantics.md §21). The rerouted counterpart has no merged tokens: it keeps, at
+    each stage, as many tokens as the removal preset runs there (kept plus merged), at ``num_visual``.
+    """
+
+    name: str
+    action: str
+    counterpart: str | None = None
+
+    def removal(self, tier: float, depth: int, ratios: str, num_visual: int) -> RoutingConfig:
+        layers = scale_decision_layers(DECISION_LAYERS, depth, REFERENCE_NUM_LAYERS)
+        if ratios == "paper":
+            if tier not in V15_COUNT_TABLE:
+                published = ", ".join(str(t) for t in V15_COUNT_TABLE)
+                raise ValueError(
+                    f"ratios='paper' has no SparseVLM v1.5 table for tier {tier}: it publishes tiers {published}; "
+                    "use ratios='solved' for other tiers"
+                )
+            keep = tuple(count / PUBLISHED_NUM_VISUAL for count in V15_COUNT_TABLE[tier])
+        elif ratios == "solved":
+            keep = _solve_with_merged(table_shape(nearest_table(tier, num_visual, V15_COUNT_TABLE)), layers, depth, tier, num_visual)
+        else:
+            raise ValueError(f"ratios must be 'solved' or 'paper', got {ratios!r}")
+        return RoutingConfig(action="remove", decision_layers=layers, keep_ratios=keep, scorer="sparsevlm_v15")
+
+    def build(self, tier: float, model: Any, depth: int, ratios: str, num_visual: int) -> RoutingConfig:
+        """The config at ``tier`` on a decoder of ``depth`` layers (see `reroute.budgets.presets.PresetSpec.build`)."""
+        removal = self.removal(tier, depth, ratios, num_visual)
+        if self.action == "remove":
+            return removal
+        # the removal preset's per-stage counts (kept + merged) at num_visual, as keep ratios (floor gives them back)
+        keep = tuple(count / num_visual for count in removal.stage_visual_counts(num_visual))
+        return RoutingConfig(
+            action="reroute", decision_layers=removal.decision_layers, keep_ratios=keep, scorer="sparsevlm",
+            scorer_params=V15_PARAMS,
+        )  # fmt: skip
+
+    def refusal(self, model: Any) -> str | None:
+        """Both presets of the pair (the counterpart's budget is the removal preset's) refuse M-RoPE families
+        (v1.5 renumbers 1-D rotary positions) and decoders on which the merged tokens keep avg_T above the
+        paper's lowest tier (docs/semantics.md §21)."""
+        if _uses_mrope(model):
+            return "sparsevlm_v15 renumbers 1-D rotary positions; this family uses M-RoPE: use the sparsevlm presets"
+        depth = num_decoder_layers(model)
+        try:
+            self.removal(min(V15_COUNT_TABLE), depth, "solved", REFERENCE_NUM_VISUAL)
+        except ValueError:
+            return (
+                f"on a {depth}-layer decoder SparseVLM v1.5's merged tokens keep avg_T above tier {min(V15_COUNT_TABLE)}"
+                " (docs/semantics.md §21): use the sparsevlm presets"
+            )
+        return None
+
+
+def _uses_mrope(model: Any) -> bool:
+    """Whether ``model`` (a model or a transformers config) has M-RoPE positions (the Qwen-VL layout)."""
+    try:
+        return isinstance(backbone_for_config(model), QwenVLLayout)
+    except (TypeError, ValueError):  # a family without an adapter: its config says
+        return uses_mrope(text_config(model))
+
+
 SPARSEVLM = register_preset(SparseVLMPreset("sparsevlm", "remove", counterpart="reroute_vs_sparsevlm"))
 REROUTE_VS_SPARSEVLM = register_preset(SparseVLMPreset("reroute_vs_sparsevlm", "reroute"))
+SPARSEVLM_V15 = register_preset(SparseVLMV15Preset("sparsevlm_v15", "remove", counterpart="reroute_vs_sparsevlm_v15"))
+REROUTE_VS_SPARSEVLM_V15 = register_preset(SparseVLMV15Preset("reroute_vs_sparsevlm_v15", "reroute"))
 #: the presets this folder registers
-SPARSEVLM_PRESETS: tuple[str, ...] = (SPARSEVLM.name, REROUTE_VS_SPARSEVLM.name)
+SPARSEVLM_PRESETS: tuple[str, ...] = (
+    SPARSEVLM.name, REROUTE_VS_SPARSEVLM.name, SPARSEVLM_V15.name, REROUTE_VS_SPARSEVLM_V15.name,
+)  # fmt: skip
