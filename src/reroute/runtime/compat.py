@@ -226,11 +226,6 @@ def _mrope_section(config) -> tuple[int, ...] | None:
     return None
 
 
-def uses_mrope(config) -> bool:
-    """Whether a decoder config's rotary positions are M-RoPE's 3-D ones (Qwen-VL)."""
-    return _mrope_section(config) is not None
-
-
 @dataclass(frozen=True)
 class Compat:
     """How to drive one model's decoder on the installed transformers; built once per model at apply time.

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from reroute.runtime.adapter import DecoderAdapter, LayerInjections, Positions
-from reroute.runtime.compat import Compat, uses_mrope
+from reroute.runtime.compat import Compat
 from reroute.runtime.layout import Layout, with_trash_row
 from reroute.runtime.masks import compact_decode_mask, compact_prefill_mask, key_padding
-from reroute.runtime.recycling import RECYCLING_NEEDS_1D, recycling_prefill
+from reroute.runtime.recycling import recycling_prefill, recycling_refusal
 from reroute.runtime.static_cache import decode_masks, key_room, pad_key_slots
 from reroute.registry import ACTIONS, SCORERS
 from reroute.runtime.decision import RoutingPlan, ScoringInputs, select_top_k
@@ -104,8 +104,8 @@ class RoutedDecoder:
         self.rotary = backbone.rotary(text_model)
         # how this model's decoder is driven on the installed transformers (decided once, here)
         self.compat = Compat.for_model(self.layers[0], self.text_config)
-        if self.scorer.recycles and uses_mrope(self.text_config):
-            raise ValueError(RECYCLING_NEEDS_1D)
+        if self.scorer.recycles and (refusal := recycling_refusal(backbone)) is not None:
+            raise ValueError(refusal)
 
     # ------------------------------------------------------------------ helpers
     def _run_layer(self, layer, hidden, mask, position_embeddings, position_ids, cache, use_cache, kwargs):

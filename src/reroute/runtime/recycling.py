@@ -1,8 +1,8 @@
 """The routed prefill of a recycling scorer (SparseVLM v1.5, docs/semantics.md §21).
 
 Opt-in: `RoutedDecoder.prefill` comes here only when its scorer ``recycles``; every other config
-runs the engine's own loop unchanged. Only ``remove``, stage-wise, without a vision stage and
-with 1-D rotary positions (the config and the engine refuse the rest). A part of the engine: it
+runs the engine's own loop unchanged. Only ``remove``, stage-wise, without a vision stage, on
+LLaVA-1.5 (the official code's model; the config and the engine refuse the rest). A part of the engine: it
 drives the `RoutedDecoder`'s layers with its helpers, and the engine builds the `DecodeState` and
 `Trace` from what it returns.
 
@@ -36,10 +36,21 @@ from reroute.runtime.layout import Layout, with_trash_row
 from reroute.runtime.masks import compact_prefill_mask
 from reroute.runtime.static_cache import RoutedStaticCache
 
-RECYCLING_NEEDS_1D = (
-    "a recycling scorer (SparseVLM v1.5, docs/semantics.md §21) renumbers 1-D rotary positions; this family uses "
-    "M-RoPE (3-D positions): use scorer='sparsevlm' (v2.0, no recycling)"
-)
+#: the model classes recycling runs on: LLaVA-1.5's, the one its official code runs (1-D rotary positions)
+RECYCLING_MODELS = ("LlavaForConditionalGeneration",)
+
+
+def recycling_refusal(backbone) -> str | None:
+    """Why a recycling scorer cannot run on ``backbone``'s family (one line), or None on LLaVA-1.5."""
+    if set(backbone.model_classes) & set(RECYCLING_MODELS):
+        return None
+    return (
+        "a recycling scorer (SparseVLM v1.5, docs/semantics.md §21) is defined for LLaVA-1.5, the model of its "
+        f"official code (1-D rotary positions, renumbered per layer), not {backbone.family}; use scorer='sparsevlm' "
+        "(v2.0, no recycling)"
+    )
+
+
 NO_STATIC_CACHE = (
     "a recycling scorer (docs/semantics.md §21) renumbers each layer's decode positions, which the routed static "
     "cache does not do; generate with the default dynamic cache"
@@ -70,8 +81,8 @@ def recycling_prefill(decoder, hidden, attention_mask, positions, cache, use_cac
     """The prefill of ``decoder`` (a `RoutedDecoder` whose scorer recycles) on ``hidden`` ``(B, L, D)``."""
     if isinstance(cache, RoutedStaticCache):
         raise ValueError(NO_STATIC_CACHE)
-    if positions.rope.ndim != 2:
-        raise ValueError(RECYCLING_NEEDS_1D)
+    if positions.rope.ndim != 2:  # LLaVA-1.5's positions are 1-D (`recycling_refusal` keeps others out)
+        raise ValueError("a recycling scorer renumbers 1-D rotary positions; these are M-RoPE's")
     config, scorer = decoder.config, decoder.scorer
     batch, length, dim = hidden.shape
     device = hidden.device

@@ -7,6 +7,8 @@ runs at the same per-layer counts and cost, and what it cannot run is refused in
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from tests.helpers.harness import decoder_inputs
@@ -141,10 +143,17 @@ def test_pair_runs_at_the_same_counts_and_cost(tier, ratios):
 def test_what_recycling_cannot_run_is_refused(model):
     with pytest.raises(ValueError, match="^scorer 'sparsevlm_v15' recycles pruned tokens .* action='remove'"):
         RoutingConfig("reroute", (2,), 0.5, scorer="sparsevlm_v15")
-    qwen = FAMILIES["qwen2_vl"].make_model()
-    with pytest.raises(ValueError, match="^a recycling scorer .* uses M-RoPE"):
-        reroute.apply(qwen, RoutingConfig("remove", (2,), 0.5, scorer="sparsevlm_v15"))
-    assert "M-RoPE" in reroute.budgets.presets.PRESETS.get("sparsevlm_v15").refusal(qwen)
+    for name, family in (("qwen2_vl", "Qwen2-VL"), ("llava_next", "LLaVA-NeXT/OneVision"), ("internvl", "InternVL")):
+        other = FAMILIES[name].make_model()
+        message = (
+            "a recycling scorer (SparseVLM v1.5, docs/semantics.md §21) is defined for LLaVA-1.5, the model of its "
+            f"official code (1-D rotary positions, renumbered per layer), not {family}; use scorer='sparsevlm' "
+            "(v2.0, no recycling)"
+        )
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            reroute.apply(other, RoutingConfig("remove", (2,), 0.5, scorer="sparsevlm_v15"))
+        assert "forward" not in other.model.__dict__
+        assert reroute.budgets.presets.PRESETS.get("sparsevlm_v15").refusal(other) == message
     with reroute.apply(model, CONFIGS["one merged each"]), pytest.raises(ValueError, match="^output_hidden_states"):
         model(**llava_batch(prompts()[:1]), output_hidden_states=True)
     with reroute.apply(model, CONFIGS["one merged each"]), pytest.raises(ValueError, match="routed static cache"):

@@ -19,15 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from reroute.backbones import backbone_for_config
-from reroute.backbones.qwen2_vl import QwenVLLayout
 from reroute.budgets.counts import REFERENCE_NUM_VISUAL, avg_t
 from reroute.budgets.depth import REFERENCE_NUM_LAYERS, num_decoder_layers, scale_decision_layers
 from reroute.budgets.presets import register_preset
 from reroute.budgets.solver import solve
 from reroute.config import RoutingConfig
 from reroute.methods.sparsevlm.parts import V15_PARAMS
-from reroute.runtime.compat import uses_mrope
-from reroute.runtime.dims import text_config
+from reroute.runtime.recycling import recycling_refusal
 
 #: our decision layers on LLaVA-1.5 (pruning after the official layers 2, 6, 15)
 DECISION_LAYERS = (3, 7, 16)
@@ -149,11 +147,16 @@ class SparseVLMV15Preset:
         )  # fmt: skip
 
     def refusal(self, model: Any) -> str | None:
-        """Both presets of the pair (the counterpart's budget is the removal preset's) refuse M-RoPE families
-        (v1.5 renumbers 1-D rotary positions) and decoders on which the merged tokens keep avg_T above the
-        paper's lowest tier (docs/semantics.md §21)."""
-        if _uses_mrope(model):
-            return "sparsevlm_v15 renumbers 1-D rotary positions; this family uses M-RoPE: use the sparsevlm presets"
+        """Both presets of the pair (the counterpart's budget is the removal preset's) refuse families other than
+        LLaVA-1.5 (the official code's; `recycling_refusal`) and decoders on which the merged tokens keep avg_T
+        above the paper's lowest tier (docs/semantics.md §21)."""
+        if model is not None and not isinstance(model, int):
+            try:
+                backbone = backbone_for_config(model)
+            except (TypeError, ValueError) as error:
+                return str(error)
+            if (reason := recycling_refusal(backbone)) is not None:
+                return reason
         depth = num_decoder_layers(model)
         try:
             self.removal(min(V15_COUNT_TABLE), depth, "solved", REFERENCE_NUM_VISUAL)
@@ -163,14 +166,6 @@ class SparseVLMV15Preset:
                 " (docs/semantics.md §21): use the sparsevlm presets"
             )
         return None
-
-
-def _uses_mrope(model: Any) -> bool:
-    """Whether ``model`` (a model or a transformers config) has M-RoPE positions (the Qwen-VL layout)."""
-    try:
-        return isinstance(backbone_for_config(model), QwenVLLayout)
-    except (TypeError, ValueError):  # a family without an adapter: its config says
-        return uses_mrope(text_config(model))
 
 
 SPARSEVLM = register_preset(SparseVLMPreset("sparsevlm", "remove", counterpart="reroute_vs_sparsevlm"))
