@@ -43,6 +43,17 @@ def nearest_table(tier: float, num_visual: int, tables: dict = COUNT_TABLE) -> t
     return tables[best]
 
 
+def published_ratios(tier: float, table: dict, version: str) -> tuple[float, ...]:
+    """``ratios="paper"``: ``version``'s count table at ``tier`` verbatim, as fractions of 576 (one line where it has none)."""
+    if tier not in table:
+        published = ", ".join(str(t) for t in table)
+        raise ValueError(
+            f"ratios='paper' has no {version} table for tier {tier}: {version} publishes tiers {published}; "
+            "use ratios='solved' for other tiers"
+        )
+    return tuple(count / PUBLISHED_NUM_VISUAL for count in table[tier])
+
+
 def table_shape(table: tuple[int, ...]):
     """The schedule shape ``p * table / table[0]`` (increasing in ``p``, ratios in (0, 1])."""
 
@@ -65,13 +76,7 @@ class SparseVLMPreset:
         """The config at ``tier`` on a decoder of ``depth`` layers (see `reroute.budgets.presets.PresetSpec.build`)."""
         layers = scale_decision_layers(DECISION_LAYERS, depth, REFERENCE_NUM_LAYERS)
         if ratios == "paper":
-            if tier not in COUNT_TABLE:
-                published = ", ".join(str(t) for t in COUNT_TABLE)
-                raise ValueError(
-                    f"ratios='paper' has no SparseVLM table for tier {tier}: SparseVLM publishes tiers {published}; "
-                    "use ratios='solved' for other tiers"
-                )
-            keep = tuple(count / PUBLISHED_NUM_VISUAL for count in COUNT_TABLE[tier])
+            keep = published_ratios(tier, COUNT_TABLE, "SparseVLM")
         elif ratios == "solved":
             shape = table_shape(nearest_table(tier, num_visual))
             keep = solve(shape, layers, depth, target_avg_t=tier, num_visual=num_visual).keep_ratios
@@ -121,13 +126,7 @@ class SparseVLMV15Preset:
     def removal(self, tier: float, depth: int, ratios: str, num_visual: int) -> RoutingConfig:
         layers = scale_decision_layers(DECISION_LAYERS, depth, REFERENCE_NUM_LAYERS)
         if ratios == "paper":
-            if tier not in V15_COUNT_TABLE:
-                published = ", ".join(str(t) for t in V15_COUNT_TABLE)
-                raise ValueError(
-                    f"ratios='paper' has no SparseVLM v1.5 table for tier {tier}: it publishes tiers {published}; "
-                    "use ratios='solved' for other tiers"
-                )
-            keep = tuple(count / PUBLISHED_NUM_VISUAL for count in V15_COUNT_TABLE[tier])
+            keep = published_ratios(tier, V15_COUNT_TABLE, "SparseVLM v1.5")
         elif ratios == "solved":
             keep = _solve_with_merged(table_shape(nearest_table(tier, num_visual, V15_COUNT_TABLE)), layers, depth, tier, num_visual)
         else:
