@@ -303,3 +303,27 @@ def test_paper_table_methods_choose_the_pairs(data_dir, tmp_path, capsys):
         f"reroute paper-table: --methods: unknown method 'magic': use one of {', '.join(counterparts())}, or all\n"
     )
     assert not (tmp_path / "t").exists()
+
+
+def test_paper_table_gives_clip_to_the_cdpruner_rows_only(data_dir, tmp_path, capsys):
+    """``paper-table --clip``: the CLIP parts load once and reach the cdpruner rows (their run.json records it);
+    without cdpruner among the methods, ``--clip`` is refused before anything runs."""
+    from transformers import AutoConfig
+
+    clip = tmp_path / "clip"
+    write_clip(clip, AutoConfig.from_pretrained(MODEL_DIR).vision_config, context=8)
+    out = tmp_path / "t"
+    args = ["paper-table", "--model", str(MODEL_DIR), "--data-dir", str(data_dir), "--output", str(out),
+            "--tasks", "refcoco_val", "--limit", "1", "--no-progress", "--clip", str(clip)]
+    assert main([*args, "--methods", "cdpruner"]) == 0
+    identities = {run.name: json.loads((run / "run.json").read_text()) for run in out.iterdir() if run.is_dir()}
+    assert sorted(identities) == sorted(["vanilla"] + [f"{m}-{t}-solved" for m in ("cdpruner", "cdpruner_reroute") for t in (192, 128, 64)])
+    assert {name: identity.get("clip") for name, identity in identities.items()} == {
+        name: None if name == "vanilla" else str(clip) for name in identities
+    }
+    capsys.readouterr()
+    assert main([*args[:6], str(tmp_path / "u"), *args[7:], "--methods", "fastv"]) == 2
+    assert capsys.readouterr().err == (
+        "reroute paper-table: --clip is read by the cdpruner presets only; add cdpruner to --methods or drop --clip\n"
+    )
+    assert not (tmp_path / "u").exists()
