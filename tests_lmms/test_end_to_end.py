@@ -299,3 +299,28 @@ def test_qwen_simple_class_routes(lmms_eval, tiny_qwen_dir):
     result = lmms_eval("reroute_qwen2_5_vl", f"pretrained={tiny_qwen_dir},{QWEN_ARGS},{ROUTING}", "--force_simple", *QWEN_FLAGS)
     assert result.results["config"]["model_backend"] == "reroute.eval.lmms.qwen2_5_vl.RerouteQwen2_5_VLSimple (simple)"
     assert result.throughput["avg_reroute_samples"] == NUM_SAMPLES
+
+
+def test_clip_gives_cdpruner_its_published_relevance(tmp_path, monkeypatch):
+    """``clip=`` with a cdpruner preset loads `ClipRelevance` from that folder and routes with it: the stage
+    embeds the instruction with CLIP's text tower on the plugin's own model."""
+    from PIL import Image
+    from transformers import AutoConfig
+
+    from tests.helpers.clip_parts import write_clip
+    from reroute.eval.lmms import models as plugin_models
+    from reroute.eval.lmms.llava_hf import RerouteLlavaHf
+    from reroute.methods.cdpruner import ClipRelevance
+
+    write_clip(tmp_path, AutoConfig.from_pretrained(MODEL_DIR).vision_config, context=8)
+    loaded, embedded = [], []
+    original = plugin_models.instruction_encoder
+    monkeypatch.setattr(plugin_models, "instruction_encoder", lambda *a: loaded.append(original(*a)) or loaded[-1])
+    monkeypatch.setattr(ClipRelevance, "text_embeds", lambda self, ids, _f=ClipRelevance.text_embeds: embedded.append(ids) or _f(self, ids))
+    lm = RerouteLlavaHf(pretrained=MODEL_DIR, device="cpu", preset="cdpruner", tier=64, clip=str(tmp_path))
+    assert isinstance(loaded[0], ClipRelevance) and lm.routing.config.vision_stage == "cdpruner"
+    processor = modeling.build_processor()
+    inputs = processor(images=[Image.new("RGB", (64, 64), "red")], text=[modeling.format_prompt("what is red?")], return_tensors="pt")
+    lm.model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert len(embedded) == 1 and len(embedded[0]) > 0  # the instruction after the image, once per image
+    lm.clean()
