@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from reroute.backbones import backbone_for, backbone_for_config
+from reroute.methods.vision_stage import VisionStage, check_keep_fraction, kept_by_fraction
 
 #: the model classes whose ``get_image_features`` returns one ``(N_i, D)`` tensor per image, tokens in raster order
 LLAVA, QWEN = ("LlavaForConditionalGeneration",), ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
@@ -34,6 +35,27 @@ def one_grid_refusal(stage: str, model: Any) -> str | None:
         f"vision stage {stage!r} is defined for {', '.join(LLAVA + QWEN)} "
         f"(one token grid per image), not {backbone.family}; use vision_stage=None"
     )
+
+
+class OneGridStage(VisionStage):
+    """A stage that selects ``K = round(N f)`` of each image's projected tokens on the families above
+    (DivPrune, CDPruner). Parameter: ``keep_fraction`` ``f`` (``K / N``, default 64 / 576)."""
+
+    params = {"keep_fraction": 64 / 576}
+
+    def check_params(self, params: Mapping[str, float]) -> None:
+        super().check_params(params)
+        check_keep_fraction(self.name, self.resolved(params)["keep_fraction"])
+
+    def check_model(self, model: nn.Module) -> None:
+        if (reason := one_grid_refusal(self.name, model)) is not None:
+            raise ValueError(reason)
+
+    def kept_count(self, num_tokens: int, params: Mapping[str, float]) -> int:
+        return kept_by_fraction(num_tokens, self.resolved(params)["keep_fraction"])
+
+    def kept_continuous(self, num_tokens: int, params: Mapping[str, float]) -> float:
+        return num_tokens * self.resolved(params)["keep_fraction"]
 
 
 class ProjectedImage(NamedTuple):

@@ -27,15 +27,8 @@ from torch import nn
 
 from reroute.methods.cdpruner.clip import ClipRelevance
 from reroute.methods.cdpruner.dpp import cdpruner_select
-from reroute.methods.projected import one_grid_refusal, projected_images
-from reroute.methods.vision_stage import (
-    StageImage,
-    StagePrompt,
-    VisionStage,
-    check_keep_fraction,
-    kept_by_fraction,
-    register_vision_stage,
-)
+from reroute.methods.projected import OneGridStage, one_grid_refusal, projected_images
+from reroute.methods.vision_stage import StageImage, StagePrompt, register_vision_stage
 
 NO_PROMPT = (
     "vision stage 'cdpruner' reads the instruction from the prompt's input_ids, and this call brought none "
@@ -77,20 +70,11 @@ def owners(prompt: StagePrompt, image_token_id: int, sizes: list[int]) -> list[i
 
 
 @register_vision_stage
-class CDPrunerStage(VisionStage):
+class CDPrunerStage(OneGridStage):
     """CDPruner on each image's projected tokens, conditioned on its prompt. Parameter: ``keep_fraction``."""
 
     name = "cdpruner"
-    params = {"keep_fraction": 64 / 576}
     reads_prompt = True
-
-    def check_params(self, params: Mapping[str, float]) -> None:
-        super().check_params(params)
-        check_keep_fraction(self.name, self.resolved(params)["keep_fraction"])
-
-    def check_model(self, model: nn.Module) -> None:
-        if (reason := cdpruner_refusal(model)) is not None:
-            raise ValueError(reason)
 
     def check_instruction_encoder(self, model: nn.Module, encoder: object) -> None:
         if encoder is None:
@@ -103,25 +87,18 @@ class CDPrunerStage(VisionStage):
         if (reason := encoder.refusal(model)) is not None:
             raise ValueError(reason)
 
-    def kept_count(self, num_tokens: int, params: Mapping[str, float]) -> int:
-        return kept_by_fraction(num_tokens, self.resolved(params)["keep_fraction"])
-
-    def kept_continuous(self, num_tokens: int, params: Mapping[str, float]) -> float:
-        return num_tokens * self.resolved(params)["keep_fraction"]
-
     @torch.no_grad()
     def reduce(self, model: nn.Module, params: Mapping[str, float], inputs: Mapping[str, Any]) -> list[StageImage]:
         self.check_model(model)
         prompt = inputs.get("prompt")
         if prompt is None:
             raise ValueError(NO_PROMPT)
-        fraction = self.resolved(params)["keep_fraction"]
         images = projected_images(model, inputs)
         samples = owners(prompt, model.config.image_token_id, [image.grid[0] * image.grid[1] for image in images])
         clip, embed = inputs.get("instruction_encoder"), model.get_input_embeddings()
         out = []
         for (tokens, grid, patches), sample in zip(images, samples):
-            count, ids = kept_by_fraction(len(tokens), fraction), instruction_ids(prompt, sample)
+            count, ids = self.kept_count(len(tokens), params), instruction_ids(prompt, sample)
             if clip is None:  # the decoder's embedding space: the projected tokens and the instruction's embeddings
                 text = embed(ids.to(embed.weight.device)).to(tokens.device)
                 kept = cdpruner_select(tokens, tokens, text, count, negate=False)

@@ -17,14 +17,8 @@ import torch
 from torch import nn
 
 from reroute.methods.divprune.select import divprune_select
-from reroute.methods.projected import one_grid_refusal, projected_images
-from reroute.methods.vision_stage import (
-    StageImage,
-    VisionStage,
-    check_keep_fraction,
-    kept_by_fraction,
-    register_vision_stage,
-)
+from reroute.methods.projected import OneGridStage, one_grid_refusal, projected_images
+from reroute.methods.vision_stage import StageImage, register_vision_stage
 
 
 def divprune_refusal(model: Any) -> str | None:
@@ -33,33 +27,17 @@ def divprune_refusal(model: Any) -> str | None:
 
 
 @register_vision_stage
-class DivPruneStage(VisionStage):
+class DivPruneStage(OneGridStage):
     """DivPrune on each image's projected tokens. Parameter: ``keep_fraction`` (``K / N``, default 64 / 576)."""
 
     name = "divprune"
-    params = {"keep_fraction": 64 / 576}
-
-    def check_params(self, params: Mapping[str, float]) -> None:
-        super().check_params(params)
-        check_keep_fraction(self.name, self.resolved(params)["keep_fraction"])
-
-    def check_model(self, model: nn.Module) -> None:
-        if (reason := divprune_refusal(model)) is not None:
-            raise ValueError(reason)
-
-    def kept_count(self, num_tokens: int, params: Mapping[str, float]) -> int:
-        return kept_by_fraction(num_tokens, self.resolved(params)["keep_fraction"])
-
-    def kept_continuous(self, num_tokens: int, params: Mapping[str, float]) -> float:
-        return num_tokens * self.resolved(params)["keep_fraction"]
 
     @torch.no_grad()
     def reduce(self, model: nn.Module, params: Mapping[str, float], inputs: Mapping[str, torch.Tensor]) -> list[StageImage]:
         self.check_model(model)
-        fraction = self.resolved(params)["keep_fraction"]
         out = []
         for tokens, grid, _ in projected_images(model, inputs):
-            picks = divprune_select(tokens, kept_by_fraction(len(tokens), fraction))
+            picks = divprune_select(tokens, self.kept_count(len(tokens), params))
             kept = torch.sort(picks).values
             out.append(StageImage(kept=kept, tokens=tokens[kept], grid=grid))
         return out
