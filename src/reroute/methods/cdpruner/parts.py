@@ -96,15 +96,18 @@ class CDPrunerStage(OneGridStage):
         images = projected_images(model, inputs)
         samples = owners(prompt, model.config.image_token_id, [image.grid[0] * image.grid[1] for image in images])
         clip, embed = inputs.get("instruction_encoder"), model.get_input_embeddings()
+        # each sample's instruction embedded once, whatever its number of images
+        texts = {}
+        for sample in dict.fromkeys(samples):
+            ids = instruction_ids(prompt, sample)
+            texts[sample] = embed(ids.to(embed.weight.device)) if clip is None else clip.text_embeds(ids)
         out = []
         for (tokens, grid, patches), sample in zip(images, samples):
-            count, ids = self.kept_count(len(tokens), params), instruction_ids(prompt, sample)
+            count, text = self.kept_count(len(tokens), params), texts[sample].to(tokens.device)
             if clip is None:  # the decoder's embedding space: the projected tokens and the instruction's embeddings
-                text = embed(ids.to(embed.weight.device)).to(tokens.device)
                 kept = cdpruner_select(tokens, tokens, text, count, negate=False)
             else:  # as published: CLIP's joint space, the code's sign
-                image_embeds, text = clip.image_embeds(model, patches), clip.text_embeds(ids)
-                kept = cdpruner_select(tokens, image_embeds.to(tokens.device), text.to(tokens.device), count).to(tokens.device)
+                kept = cdpruner_select(tokens, clip.image_embeds(model, patches).to(tokens.device), text, count)
             out.append(StageImage(kept=kept, tokens=tokens[kept], grid=grid))
         return out
 
